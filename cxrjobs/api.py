@@ -1,0 +1,56 @@
+"""Library API behind the CLI: submit a job, and look at runs."""
+
+from __future__ import annotations
+
+import json
+
+from cxrjobs.backends import SubmitPlan, get_backend
+from cxrjobs.backends.base import JobStatus
+from cxrjobs.errors import CxrError
+from cxrjobs.jobs.spec import JobSpec
+from cxrjobs.storage import ObjectStore, join_key, open_store
+
+
+def submit(job: JobSpec, backend: str = "local", dry_run: bool = False,
+           store: ObjectStore | None = None) -> SubmitPlan | JobStatus:
+    """Store the resolved spec as runs/<name>/spec.json (the replicas read it), then schedule.
+    Re-submitting the same spec under the same name continues that run from its checkpoint."""
+    be = get_backend(backend)
+    plan = be.submit_dryrun(job)
+    if dry_run:
+        return plan
+    store = store or open_store()
+    key = join_key("runs", job.name, "spec.json")
+    text = job.model_dump_json(indent=1)
+    if store.exists(key):
+        old = JobSpec.model_validate_json(store.get_text(key))
+        if old != job:
+            raise CxrError(f"run {job.name} exists with a different spec ({store.url}/{key}); "
+                           "pick another --name, or resubmit the same spec to resume it")
+    else:
+        store.put_text(key, text)
+    return be.schedule(plan)
+
+
+def run_metrics(run: str, store: ObjectStore | None = None) -> list[dict]:
+    store = store or open_store()
+    key = join_key("runs", run, "metrics.jsonl")
+    if not store.exists(key):
+        return []
+    return [json.loads(line) for line in store.get_text(key).splitlines() if line.strip()]
+
+
+def run_status(run: str, backend: str = "local") -> dict:
+    """Backend state plus training progress (epoch, last metrics) from the store."""
+    st = get_backend(backend).status(run).to_dict()
+    store = open_store()
+    metrics = run_metrics(run, store)
+    if metrics:
+        last = metrics[-1]
+        st["epoch"] = last["epoch"]
+        st["last_metrics"] = {"train_loss": last["train"]["loss"], "val": last["val"]}
+    result_key = join_key("runs", run, "artifacts", "result.json")
+    if store.exists(result_key):
+        st["result"] = json.loads(store.get_text(result_key))
+    st["artifacts"] = f"{store.url}/{join_key('runs', run)}"
+    return st

@@ -1,0 +1,25 @@
+"""The `cxrjobs` command. Each module holds the commands of one group; logic lives in the library."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from cxrjobs.cli import data, demo, runs, submit
+from cxrjobs.errors import CxrError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Train and evaluate chest X-ray classifiers as batch jobs, locally or on Kubernetes.")
+app.add_typer(data.app, name="data")
+app.add_typer(submit.app, name="submit")
+runs.register(app)
+demo.register(app)
+
+
+def main() -> None:
+    try:
+        app()
+    except CxrError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,71 @@
+"""`cxrjobs runs | status | logs | cancel`."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from cxrjobs import api
+from cxrjobs.backends import get_backend
+from cxrjobs.cli.common import out, print_json
+from cxrjobs.train.metrics import headline
+
+BACKEND = typer.Option("local", help="backend the run was submitted to")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def runs(backend: str = BACKEND, as_json: bool = typer.Option(False, "--json")):
+        """List runs and their states.
+
+        Example: cxrjobs runs
+        """
+        items = [s.to_dict() for s in get_backend(backend).list()]
+        if as_json:
+            print_json(items)
+            return
+        t = Table("run", "kind", "state", "replicas", "restarts", "message")
+        for s in items:
+            t.add_row(s["run"], s["kind"], s["state"], str(s["replicas"]), str(s["restarts"]), s["message"])
+        out.print(t)
+
+    @app.command()
+    def status(run: str, backend: str = BACKEND, as_json: bool = typer.Option(False, "--json")):
+        """State (Pending/Running/Restarting/Succeeded/Failed/Cancelled), epoch and last metrics.
+
+        Example: cxrjobs status nih-train-20260101-120000-ab12 --json
+        """
+        st = api.run_status(run, backend)
+        if as_json:
+            print_json(st)
+            return
+        line = f"{st['run']}: {st['state']}"
+        if "epoch" in st:
+            line += f", epoch {st['epoch']}, val_loss {st['last_metrics']['val']['loss']:.4f}, " \
+                    f"{headline(st['last_metrics']['val'])}"
+        if st.get("result", {}).get("test"):
+            line += f"; test {headline(st['result']['test'])}"
+        if st["message"]:
+            line += f" ({st['message']})"
+        out.print(line + f"\nartifacts: {st['artifacts']}")
+
+    @app.command()
+    def logs(run: str, replica: Optional[int] = typer.Option(None, help="one replica (default all)"),
+             follow: bool = typer.Option(False, "-f", "--follow"), backend: str = BACKEND):
+        """Print (or follow) replica logs.
+
+        Example: cxrjobs logs RUN --replica 0 -f
+        """
+        for line in get_backend(backend).logs(run, replica, follow):
+            print(line, end="", flush=True)
+
+    @app.command()
+    def cancel(run: str, backend: str = BACKEND):
+        """Stop every replica of a run.
+
+        Example: cxrjobs cancel RUN
+        """
+        st = get_backend(backend).cancel(run)
+        out.print(f"{run}: {st.state}")

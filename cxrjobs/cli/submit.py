@@ -1,0 +1,116 @@
+"""`cxrjobs submit ...`: run a job on a backend (local processes by default)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cxrjobs import api
+from cxrjobs.backends import get_backend
+from cxrjobs.backends.base import JobStatus
+from cxrjobs.cli.common import out, print_json
+from cxrjobs.jobs.resolve import resolve_job
+
+app = typer.Typer(no_args_is_help=True, help="Submit a job: nih-train, preprocess.")
+
+BACKEND = typer.Option("local", help="where replicas run: local (processes on this machine)")
+WAIT = typer.Option(False, "--wait", help="stream replica 0's log and wait for the end")
+JSON = typer.Option(False, "--json", help="print one JSON object (run, state, ...)")
+DRY = typer.Option(False, "--dry-run", help="print what would run (processes / Kubernetes objects) and exit")
+SPEC = typer.Option(None, "-f", "--spec", help="YAML spec; flags override its values")
+
+
+def _finish(job, backend: str, wait: bool, as_json: bool, dry_run: bool) -> None:
+    result = api.submit(job, backend, dry_run=dry_run)
+    if dry_run:
+        print_json(result.to_dict())
+        return
+    assert isinstance(result, JobStatus)
+    if not wait:
+        if as_json:
+            print_json(result.to_dict())
+        else:
+            out.print(f"submitted {job.name} ({job.kind}, {job.replicas} replicas) on {backend}; "
+                      f"follow with `cxrjobs logs {job.name} -f`")
+        return
+    be = get_backend(backend)
+    if not as_json:
+        for line in be.logs(job.name, replica=0, follow=True):
+            print(line, end="", flush=True)
+    final = api.run_status(job.name, backend)
+    if as_json:
+        print_json(final)
+    else:
+        out.print(f"run {job.name}: {final['state']}{' - ' + final['message'] if final['message'] else ''}; "
+                  f"artifacts: {final['artifacts']}")
+    if final["state"] != "Succeeded":
+        raise typer.Exit(1)
+
+
+@app.command("nih-train")
+def nih_train(replicas: Optional[int] = typer.Option(None, help="processes / pods (default 1)"),
+              data: Optional[str] = typer.Option(None, help="dataset: store prefix datasets/NAME or local folder"),
+              model: Optional[str] = typer.Option(None, help="smallcnn | resnext50 | densenet121"),
+              image_size: Optional[int] = typer.Option(None, help="must match the dataset (default: its size)"),
+              epochs: Optional[int] = typer.Option(None),
+              optimizer: Optional[str] = typer.Option(None, help="sgd | adam"),
+              lr: Optional[float] = typer.Option(None),
+              momentum: Optional[float] = typer.Option(None),
+              weight_decay: Optional[float] = typer.Option(None),
+              scheduler: Optional[str] = typer.Option(None, help="none | step"),
+              step_size: Optional[int] = typer.Option(None),
+              gamma: Optional[float] = typer.Option(None),
+              batch_size: Optional[int] = typer.Option(None, help="global batch (paper: 1024)"),
+              micro_batch_size: Optional[int] = typer.Option(None, help="largest per-replica forward batch"),
+              objective: Optional[str] = typer.Option(None, help="multilabel (14 findings, AUROC) | multiclass (15-way, accuracy)"),
+              pretrained: Optional[str] = typer.Option(None, help="imagenet | PATH | s3://... (resnext50, densenet121)"),
+              seed: Optional[int] = typer.Option(None),
+              deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic"),
+              threads: Optional[int] = typer.Option(None, help="torch threads per replica (default cores / replicas)"),
+              bootstrap: Optional[int] = typer.Option(None, help="bootstrap replicates for CIs"),
+              name: Optional[str] = typer.Option(None, help="run id (default: generated)"),
+              backoff_limit: Optional[int] = typer.Option(None, help="group restarts after a failure (default 3)"),
+              rendezvous_timeout: Optional[float] = typer.Option(None, help="seconds to wait for all replicas"),
+              spec_file: Optional[Path] = SPEC, backend: str = BACKEND, wait: bool = WAIT,
+              as_json: bool = JSON, dry_run: bool = DRY):
+    """Pre-train on NIH ChestX-ray14 with DDP over gloo (nccl on GPUs).
+
+    Example: cxrjobs submit nih-train --replicas 2 --data datasets/nih-224 --epochs 10 --wait
+    """
+    train = dict(data=data, model=model, image_size=image_size, epochs=epochs, optimizer=optimizer,
+                 lr=lr, momentum=momentum, weight_decay=weight_decay, scheduler=scheduler,
+                 step_size=step_size, gamma=gamma, batch_size=batch_size,
+                 micro_batch_size=micro_batch_size, objective=objective, pretrained=pretrained,
+                 seed=seed, deterministic=deterministic, threads=threads, bootstrap=bootstrap)
+    job = resolve_job("nih-train", spec_file, dict(
+        name=name, replicas=replicas, backoff_limit=backoff_limit,
+        rendezvous_timeout=rendezvous_timeout, train=train))
+    _finish(job, backend, wait, as_json, dry_run)
+
+
+@app.command("preprocess")
+def preprocess(source: str = typer.Argument(..., help="dataset folder readable by every replica"),
+               format: Optional[str] = typer.Option(None, "--format", help="nih | covid | imagefolder"),
+               size: Optional[int] = typer.Option(None),
+               output: Optional[str] = typer.Option(None, help="store prefix (default datasets/<format>-<size>)"),
+               replicas: Optional[int] = typer.Option(None, help="slices, one per replica"),
+               workers: Optional[int] = typer.Option(None, help="decoding processes per replica"),
+               fit: Optional[str] = typer.Option(None, help="pad | crop"),
+               strict: Optional[bool] = typer.Option(None, "--strict/--no-strict"),
+               name: Optional[str] = typer.Option(None, help="run id (default: generated)"),
+               spec_file: Optional[Path] = SPEC, backend: str = BACKEND, wait: bool = WAIT,
+               as_json: bool = JSON, dry_run: bool = DRY):
+    """Preprocess a dataset as a job: replica i takes slice i (JOB_COMPLETION_INDEX), the last to
+    finish merges.
+
+    Example: cxrjobs submit preprocess ../shared/data/nih-sample --format nih --size 224 --replicas 2 --wait
+    """
+    fmt = format or "nih"
+    job = resolve_job("preprocess", spec_file, dict(
+        name=name, replicas=replicas,
+        preprocess=dict(output=output or f"datasets/{fmt}-{size or 224}", workers=workers,
+                        spec=dict(source=str(Path(source).resolve()), format=format, size=size,
+                                  fit=fit, strict=strict))))
+    _finish(job, backend, wait, as_json, dry_run)

@@ -1,0 +1,112 @@
+"""Where runs and datasets live, from environment variables or a config file.
+
+Precedence: environment (CXRJOBS_*) > config file > defaults. The config file is YAML, found at
+$CXRJOBS_CONFIG, else ./cxrjobs.yaml, else ~/.config/cxrjobs/config.yaml, with keys `store`,
+`s3_endpoint`, `s3_secure`, `cache_dir`, `state_dir`. Credentials are read from the environment
+only (CXRJOBS_S3_ACCESS_KEY / CXRJOBS_S3_SECRET_KEY; on Kubernetes a Secret), never from flags or
+the config file, so they cannot end up in shell history, logs or manifests.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from cxrjobs.errors import ConfigError
+
+DEFAULT_STORE = "./.cxrjobs"
+FILE_KEYS = {"store", "s3_endpoint", "s3_secure", "cache_dir", "state_dir"}
+SECRET_ENV = ("CXRJOBS_S3_ACCESS_KEY", "CXRJOBS_S3_SECRET_KEY")
+
+
+def _config_file() -> Path | None:
+    explicit = os.environ.get("CXRJOBS_CONFIG")
+    if explicit:
+        p = Path(explicit).expanduser()
+        if not p.is_file():
+            raise ConfigError(f"CXRJOBS_CONFIG points to {p}, which does not exist")
+        return p
+    for p in (Path("cxrjobs.yaml"), Path("~/.config/cxrjobs/config.yaml").expanduser()):
+        if p.is_file():
+            return p
+    return None
+
+
+@dataclass(frozen=True)
+class Settings:
+    store: str = DEFAULT_STORE
+    s3_endpoint: str | None = None
+    s3_secure: bool = False
+    cache_dir: str | None = None
+    state_dir: str | None = None
+    source: str = field(default="defaults", compare=False)
+
+    @property
+    def is_s3(self) -> bool:
+        return self.store.startswith("s3://")
+
+    @property
+    def local_cache(self) -> Path:
+        """Where S3 objects are cached for jobs (memory-mapped shards need a local file)."""
+        if self.cache_dir:
+            return Path(self.cache_dir).expanduser()
+        return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "cxrjobs"
+
+    @property
+    def local_state(self) -> Path:
+        """Local backend bookkeeping (process ids, replica logs): always on this machine."""
+        if self.state_dir:
+            return Path(self.state_dir).expanduser()
+        if self.is_s3:
+            return Path("./.cxrjobs").resolve() / "local-jobs"
+        return Path(self.store).expanduser().resolve() / "local-jobs"
+
+    def job_env(self) -> dict[str, str]:
+        """The non-secret settings a job replica needs to reach the same store."""
+        env = {"CXRJOBS_STORE": self.store if self.is_s3 else str(Path(self.store).expanduser().resolve())}
+        if self.s3_endpoint:
+            env["CXRJOBS_S3_ENDPOINT"] = self.s3_endpoint
+            env["CXRJOBS_S3_SECURE"] = "1" if self.s3_secure else "0"
+        if self.cache_dir:
+            env["CXRJOBS_CACHE_DIR"] = self.cache_dir
+        return env
+
+
+def _truthy(v: object) -> bool:
+    return str(v).strip().lower() in ("1", "true", "yes", "on")
+
+
+def load_settings() -> Settings:
+    values: dict[str, object] = {}
+    source = "defaults"
+    path = _config_file()
+    if path is not None:
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+        secret = {k for k in data if "key" in k.lower() or "secret" in k.lower()}
+        if secret:
+            raise ConfigError(
+                f"{path}: {sorted(secret)} look like credentials; set {' and '.join(SECRET_ENV)} "
+                "in the environment instead (or a Kubernetes Secret)")
+        unknown = set(data) - FILE_KEYS
+        if unknown:
+            raise ConfigError(f"{path}: unknown settings {sorted(unknown)}; known: {sorted(FILE_KEYS)}")
+        values.update(data)
+        source = str(path)
+    env_map = {"CXRJOBS_STORE": "store", "CXRJOBS_S3_ENDPOINT": "s3_endpoint",
+               "CXRJOBS_S3_SECURE": "s3_secure", "CXRJOBS_CACHE_DIR": "cache_dir",
+               "CXRJOBS_STATE_DIR": "state_dir"}
+    for env, key in env_map.items():
+        if os.environ.get(env):
+            values[key] = os.environ[env]
+    if "s3_secure" in values:
+        values["s3_secure"] = _truthy(values["s3_secure"])
+    settings = Settings(**values, source=source)  # type: ignore[arg-type]
+    if settings.is_s3 and not settings.s3_endpoint:
+        raise ConfigError(f"store {settings.store} is on S3 but no endpoint is set: "
+                          "set CXRJOBS_S3_ENDPOINT (host:port of the MinIO/S3 server)")
+    return settings

@@ -1,0 +1,1 @@
+"""Dataset ingest (NIH, COVID CSV, image folders), preprocessing into shards, loading."""

@@ -1,0 +1,37 @@
+"""Progress bars for long work (rich), silent when disabled or not on a terminal."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Iterator
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+
+console = Console(stderr=True)
+
+
+class _Null:
+    def advance(self, n: int = 1) -> None: ...
+
+
+class _Bar:
+    def __init__(self, progress: Progress, task):
+        self._p, self._t = progress, task
+
+    def advance(self, n: int = 1) -> None:
+        self._p.advance(self._t, n)
+
+
+@contextlib.contextmanager
+def bar(total: int, description: str, enabled: bool = True) -> Iterator[_Null | _Bar]:
+    # A pod's log is not a terminal: rich's redraws would fill it with control codes.
+    if not enabled or not sys.stderr.isatty():
+        yield _Null()
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as p:
+        yield _Bar(p, p.add_task(description, total=total))

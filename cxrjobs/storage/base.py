@@ -1,0 +1,98 @@
+"""The object store interface: every dataset, checkpoint and artifact goes through it.
+
+Keys are '/'-separated relative paths (like S3 keys). Two implementations: a local directory
+(`LocalStore`, the embedded default) and MinIO/S3 (`S3Store`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Iterator
+
+from cxrjobs.errors import StoreError
+
+CHUNK = 1 << 20
+
+
+def check_key(key: str) -> str:
+    """Normalise a key and reject ones that could escape the store (absolute, '..', empty)."""
+    if not isinstance(key, str) or not key.strip("/"):
+        raise StoreError(f"invalid object key {key!r}: it must be a non-empty relative path")
+    if key.startswith("/") or "\\" in key:
+        raise StoreError(f"invalid object key {key!r}: absolute paths are not allowed")
+    parts = PurePosixPath(key).parts
+    if any(p in ("..", ".") for p in parts):
+        raise StoreError(f"invalid object key {key!r}: '..' and '.' segments are not allowed")
+    return "/".join(parts)
+
+
+def join_key(*parts: str) -> str:
+    return check_key("/".join(p.strip("/") for p in parts if p and p.strip("/")))
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    sha256: str | None  # None when the store does not know it without reading the object
+
+
+class ObjectStore(ABC):
+    """A flat key -> bytes store. Writes of whole objects are atomic: a reader sees the old
+    object or the new one, never a part."""
+
+    url: str
+
+    @abstractmethod
+    def put_file(self, key: str, path: str | Path) -> ObjectInfo: ...
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes) -> ObjectInfo: ...
+
+    @abstractmethod
+    def get_file(self, key: str, path: str | Path) -> None:
+        """Download to `path` atomically (temp file + rename). Missing key -> StoreError."""
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def stat(self, key: str) -> ObjectInfo | None:
+        """None when the key does not exist."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """All objects under `prefix` (recursively), sorted by key."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    def checksum(self, key: str) -> str | None:
+        """The object's sha256, or None when it is missing or the store does not know it."""
+        info = self.stat(key)
+        return info.sha256 if info else None
+
+    def exists(self, key: str) -> bool:
+        return self.stat(key) is not None
+
+    def local_path(self, key: str) -> Path | None:
+        """The object's path on this machine when the store is a local directory, else None.
+        Lets jobs memory-map datasets in place instead of copying them."""
+        return None
+
+    def get_text(self, key: str) -> str:
+        return self.get_bytes(key).decode("utf-8")
+
+    def put_text(self, key: str, text: str) -> ObjectInfo:
+        return self.put_bytes(key, text.encode("utf-8"))

@@ -1,0 +1,117 @@
+"""Object store on a local directory (the embedded default)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from cxrjobs.errors import StoreError
+from cxrjobs.storage.base import ObjectInfo, ObjectStore, check_key, sha256_file
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class LocalStore(ObjectStore):
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser().resolve()
+        self.url = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def put_file(self, key: str, path: str | Path) -> ObjectInfo:
+        dst = self._path(key)
+        src = Path(path)
+        if src.resolve() != dst.resolve():
+            atomic_copy(src, dst)
+        return ObjectInfo(check_key(key), dst.stat().st_size, None)
+
+    def move_file(self, key: str, path: str | Path) -> ObjectInfo:
+        """Like put_file, but renames when source and store share a filesystem (no copy)."""
+        dst = self._path(key)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(path, dst)
+        except OSError:
+            atomic_copy(Path(path), dst)
+            Path(path).unlink(missing_ok=True)
+        return ObjectInfo(check_key(key), dst.stat().st_size, None)
+
+    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        dst = self._path(key)
+        atomic_write_bytes(dst, data)
+        return ObjectInfo(check_key(key), len(data), None)
+
+    def get_file(self, key: str, path: str | Path) -> None:
+        src = self._path(key)
+        if not src.is_file():
+            raise StoreError(f"no object {key!r} in store {self.url}")
+        atomic_copy(src, Path(path))
+
+    def get_bytes(self, key: str) -> bytes:
+        src = self._path(key)
+        if not src.is_file():
+            raise StoreError(f"no object {key!r} in store {self.url}")
+        return src.read_bytes()
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        p = self._path(key)
+        if not p.is_file():
+            return None
+        return ObjectInfo(check_key(key), p.stat().st_size, None)
+
+    def sha256(self, key: str) -> str:
+        return sha256_file(self._path(key))
+
+    def checksum(self, key: str) -> str | None:
+        p = self._path(key)
+        return sha256_file(p) if p.is_file() else None
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        base = self._path(prefix) if prefix.strip("/") else self.root
+        if base.is_file():
+            yield ObjectInfo(check_key(prefix), base.stat().st_size, None)
+            return
+        if not base.is_dir():
+            return
+        found = []
+        for dirpath, _dirs, files in os.walk(base):
+            for name in files:
+                if name.startswith(".") and name.endswith(".tmp"):
+                    continue  # an in-flight atomic write
+                p = Path(dirpath) / name
+                found.append(ObjectInfo(p.relative_to(self.root).as_posix(), p.stat().st_size, None))
+        yield from sorted(found, key=lambda o: o.key)
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def local_path(self, key: str) -> Path:
+        return self._path(key) if key.strip("/") else self.root

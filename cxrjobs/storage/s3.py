@@ -1,0 +1,158 @@
+"""Object store on MinIO / S3, through the `minio` client.
+
+Each object carries its sha256 in user metadata (x-amz-meta-sha256): S3 ETags are not content
+hashes for multipart uploads, and resumable syncs need one they can compare with a local file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import certifi
+import urllib3
+from minio import Minio
+from minio.error import S3Error
+from urllib3.util import Retry, Timeout
+
+from cxrjobs.errors import StoreError
+from cxrjobs.storage.base import CHUNK, ObjectInfo, ObjectStore, check_key, sha256_file
+
+SHA_META = "x-amz-meta-sha256"
+_MISSING = {"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"}
+
+
+class S3Store(ObjectStore):
+    def __init__(self, endpoint: str, bucket: str, prefix: str = "", *, access_key: str,
+                 secret_key: str, secure: bool = False):
+        if not endpoint or not bucket:
+            raise StoreError("an S3 store needs an endpoint (host:port) and a bucket")
+        self.endpoint, self.bucket = endpoint, bucket
+        self.prefix = check_key(prefix) if prefix.strip("/") else ""
+        self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        # minio's default client waits 5 minutes to connect, times 5 retries: a wrong endpoint
+        # would hang a job for half an hour instead of failing with a message.
+        http = urllib3.PoolManager(
+            timeout=Timeout(connect=15, read=300), maxsize=32,
+            ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+            retries=Retry(total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]))
+        # The credentials live only inside the client's provider, never on this object, so
+        # neither repr(store) nor vars(store) can show them.
+        self._client = Minio(endpoint, access_key=access_key, secret_key=secret_key,
+                             secure=secure, region="us-east-1", http_client=http)
+        try:
+            if not self._client.bucket_exists(bucket):
+                try:
+                    self._client.make_bucket(bucket)
+                except S3Error as e:  # another replica created it first
+                    if e.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                        raise
+        except S3Error as e:
+            raise StoreError(f"cannot use bucket {bucket!r} at {endpoint}: {e.code}: {e.message}") from None
+        except ValueError as e:  # minio validates names locally, e.g. bucket naming rules
+            raise StoreError(f"invalid S3 store {self.url}: {e}") from None
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise StoreError(f"cannot reach the S3 endpoint {endpoint} for {self.url}: "
+                             f"{type(e).__name__}: {e}") from None
+
+    def __repr__(self) -> str:
+        return f"S3Store(url={self.url!r}, endpoint={self.endpoint!r})"
+
+    def _name(self, key: str) -> str:
+        key = check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _rel(self, name: str) -> str:
+        return name[len(self.prefix) + 1:] if self.prefix else name
+
+    def _fail(self, key: str, e: S3Error) -> StoreError:
+        if e.code in _MISSING:
+            return StoreError(f"no object {key!r} in store {self.url}")
+        return StoreError(f"S3 error on {key!r} in store {self.url}: {e.code}: {e.message}")
+
+    def put_file(self, key: str, path: str | Path) -> ObjectInfo:
+        name, sha = self._name(key), sha256_file(path)
+        try:
+            self._client.fput_object(self.bucket, name, str(path), metadata={SHA_META: sha})
+        except S3Error as e:
+            raise self._fail(key, e) from None
+        return ObjectInfo(check_key(key), Path(path).stat().st_size, sha)
+
+    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        name, sha = self._name(key), hashlib.sha256(data).hexdigest()
+        try:
+            self._client.put_object(self.bucket, name, io.BytesIO(data), len(data),
+                                    metadata={SHA_META: sha})
+        except S3Error as e:
+            raise self._fail(key, e) from None
+        return ObjectInfo(check_key(key), len(data), sha)
+
+    def _open(self, key: str):
+        try:
+            return self._client.get_object(self.bucket, self._name(key))
+        except S3Error as e:
+            raise self._fail(key, e) from None
+
+    def get_file(self, key: str, path: str | Path) -> None:
+        dst = Path(path)
+        resp = self._open(key)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+        try:
+            h = hashlib.sha256()
+            with os.fdopen(fd, "wb") as f:
+                for chunk in resp.stream(CHUNK):
+                    h.update(chunk)
+                    f.write(chunk)
+            # A truncated or corrupted transfer must not replace a good local file.
+            want = resp.headers.get(SHA_META)
+            if want and h.hexdigest() != want:
+                raise StoreError(f"object {key!r} in store {self.url} failed its sha256 check "
+                                 "after download; retry, and re-upload it if this persists")
+            os.replace(tmp, dst)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        finally:
+            resp.close()
+            resp.release_conn()
+
+    def get_bytes(self, key: str) -> bytes:
+        resp = self._open(key)
+        try:
+            return resp.read()
+        finally:
+            resp.close()
+            resp.release_conn()
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        try:
+            st = self._client.stat_object(self.bucket, self._name(key))
+        except S3Error as e:
+            if e.code in _MISSING:
+                return None
+            raise self._fail(key, e) from None
+        return ObjectInfo(check_key(key), st.size or 0, (st.metadata or {}).get(SHA_META))
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        # Like LocalStore, a prefix is a path: "a" matches "a" and "a/..." but not "ab".
+        want = check_key(prefix) if prefix.strip("/") else ""
+        base = self._name(want) if want else (self.prefix + "/" if self.prefix else "")
+        try:
+            found = [ObjectInfo(self._rel(o.object_name), o.size or 0, None)
+                     for o in self._client.list_objects(self.bucket, prefix=base or None, recursive=True)]
+        except S3Error as e:
+            raise self._fail(prefix, e) from None
+        found = [o for o in found if not want or o.key == want or o.key.startswith(want + "/")]
+        yield from sorted(found, key=lambda o: o.key)
+
+    def delete(self, key: str) -> None:
+        try:
+            self._client.remove_object(self.bucket, self._name(key))
+        except S3Error as e:
+            if e.code not in _MISSING:
+                raise self._fail(key, e) from None

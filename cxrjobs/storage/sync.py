@@ -1,0 +1,211 @@
+"""Copy directory trees to and from an object store: parallel, resumable, atomic per file.
+
+An object counts as already transferred when its size and sha256 match, so a sync that was
+interrupted (Ctrl-C, a killed pod) is simply run again and picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from rich.console import Console
+from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                           TransferSpeedColumn)
+
+from cxrjobs.errors import StoreError
+from cxrjobs.storage.base import ObjectStore, check_key, join_key, sha256_file
+from cxrjobs.storage.local import atomic_write_bytes
+
+MANIFEST = ".cxrjobs-sync.json"
+
+
+@dataclass
+class SyncSummary:
+    transferred: int
+    skipped: int
+    bytes: int  # bytes actually transferred (skipped objects not counted)
+    seconds: float
+
+    def line(self) -> str:
+        rate = self.bytes / self.seconds if self.seconds > 0 else 0.0
+        return (f"{self.transferred} transferred ({_human(self.bytes)}, {_human(rate)}/s), "
+                f"{self.skipped} already up to date, in {self.seconds:.1f} s")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def _skip_local(name: str) -> bool:
+    # In-flight atomic writes and our own manifest are not data.
+    return (name.startswith(".") and name.endswith(".tmp")) or name == MANIFEST
+
+
+def _progress(enabled: bool, label: str, total: int):
+    if not enabled:
+        return nullcontext(None)
+    # stderr, so the progress bar never mixes with output a caller might parse.
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                   TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
+                   transient=True)
+    bar.add_task(label, total=total)
+    return bar
+
+
+def _run(jobs: Iterable, work: Callable, workers: int, bar) -> tuple[int, int, int]:
+    """Run `work(job) -> (transferred: bool, nbytes)` in parallel. The first failure stops the
+    remaining jobs (`stop` also stops those a worker would pick up before we can cancel them)
+    and is re-raised; finished transfers stay, so a rerun resumes."""
+    stop = threading.Event()
+    done = [0, 0, 0]
+
+    def guarded(job):
+        if stop.is_set():
+            return None
+        try:
+            return work(job)
+        except BaseException:
+            stop.set()
+            raise
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = [pool.submit(guarded, j) for j in jobs]
+        try:
+            for fut in as_completed(futures):
+                res = fut.result()
+                if res is None:
+                    continue
+                moved, nbytes = res
+                done[0 if moved else 1] += 1
+                done[2] += nbytes if moved else 0
+                if bar is not None:
+                    bar.advance(bar.task_ids[0], nbytes)
+        except BaseException:
+            stop.set()
+            for f in futures:
+                f.cancel()
+            raise
+    return done[0], done[1], done[2]
+
+
+def upload_dir(local_dir: str | Path, store: ObjectStore, prefix: str, workers: int = 8,
+               progress: bool = True, on_object: Callable[[str], None] | None = None) -> SyncSummary:
+    """Upload every file under `local_dir` to `prefix/<relative path>`. `on_object(key)` is
+    called (in a worker thread) after each upload; an exception from it aborts the sync."""
+    root = Path(local_dir)
+    if not root.is_dir():
+        raise StoreError(f"cannot upload {root}: not a directory")
+    files = sorted(Path(d) / n for d, _, names in os.walk(root) for n in names if not _skip_local(n))
+    jobs = [(p, join_key(prefix, p.relative_to(root).as_posix()), p.stat().st_size) for p in files]
+
+    def push(job) -> tuple[bool, int]:
+        path, key, size = job
+        info = store.stat(key)
+        if info is not None and info.size == size:
+            remote = info.sha256 or store.checksum(key)
+            if remote is not None and remote == sha256_file(path):
+                return False, size
+        store.put_file(key, path)
+        if on_object is not None:
+            on_object(key)
+        return True, size
+
+    t0 = time.monotonic()
+    with _progress(progress, f"upload {root.name or root}", sum(j[2] for j in jobs)) as bar:
+        moved, skipped, nbytes = _run(jobs, push, workers, bar)
+    return SyncSummary(moved, skipped, nbytes, time.monotonic() - t0)
+
+
+def download_prefix(store: ObjectStore, prefix: str, dest_dir: str | Path, workers: int = 8,
+                    progress: bool = True) -> SyncSummary:
+    """Download every object under `prefix` to `dest_dir/<key relative to prefix>` (an object
+    named exactly `prefix` lands at `dest_dir/<its last segment>`)."""
+    dest = Path(dest_dir)
+    want = check_key(prefix) if prefix.strip("/") else ""
+    manifest_path = dest / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        if not isinstance(manifest, dict):
+            manifest = {}
+    except (OSError, ValueError):
+        manifest = {}  # missing or damaged: it is only a cache, rebuilt by hashing
+    lock = threading.Lock()
+    jobs = []
+    for obj in store.list(want):
+        if not want:
+            rel = obj.key
+        elif obj.key == want:
+            rel = obj.key.rsplit("/", 1)[-1]
+        else:
+            rel = obj.key[len(want) + 1:]
+        jobs.append((obj, check_key(rel)))  # a foreign key with '..' must not escape dest
+    dest.mkdir(parents=True, exist_ok=True)
+
+    def local_sha(rel: str, path: Path, st: os.stat_result) -> str:
+        # Hashing a multi-GB shard on every job start is what the manifest is for.
+        entry = manifest.get(rel)
+        if isinstance(entry, dict) and entry.get("size") == st.st_size and entry.get("mtime") == st.st_mtime_ns:
+            return entry["sha256"]
+        return sha256_file(path)
+
+    def pull(job) -> tuple[bool, int]:
+        obj, rel = job
+        path = dest / rel
+        remote = obj.sha256
+        st = path.stat() if path.is_file() else None
+        if st is not None and st.st_size == obj.size:
+            sha = local_sha(rel, path, st)
+            # Unknown remote hash (object written by another tool): re-download to be safe.
+            remote = remote or store.checksum(obj.key)
+            if remote is not None and sha == remote:
+                with lock:
+                    manifest[rel] = {"size": st.st_size, "sha256": sha, "mtime": st.st_mtime_ns}
+                return False, obj.size
+        store.get_file(obj.key, path)
+        st = path.stat()
+        with lock:
+            manifest[rel] = {"size": st.st_size, "sha256": remote or sha256_file(path),
+                             "mtime": st.st_mtime_ns}
+        return True, st.st_size
+
+    t0 = time.monotonic()
+    try:
+        with _progress(progress, f"download {want or store.url}", sum(o.size for o, _ in jobs)) as bar:
+            moved, skipped, nbytes = _run(jobs, pull, workers, bar)
+    finally:
+        # Saved even after a failure, so the files that did arrive are not re-hashed next time.
+        with lock:
+            keep = {k: v for k, v in manifest.items() if (dest / k).is_file()}
+        atomic_write_bytes(manifest_path, json.dumps(keep, indent=0, sort_keys=True).encode())
+    return SyncSummary(moved, skipped, nbytes, time.monotonic() - t0)
+
+
+def materialize(store: ObjectStore, prefix: str, cache_dir: str | Path, *,
+                progress: bool = False) -> Path:
+    """A local path holding the objects under `prefix`, for jobs that memory-map datasets:
+    the store's own files when it is a local directory, else a synced cache copy."""
+    here = store.local_path(prefix)
+    if here is not None:
+        if not here.exists():
+            raise StoreError(f"nothing under {prefix!r} in store {store.url}")
+        return here
+    want = check_key(prefix)
+    target = Path(cache_dir) / re.sub(r"[^A-Za-z0-9._-]+", "_", store.url).strip("_") / want
+    single = store.stat(want) is not None  # a one-object prefix materializes as that file
+    summary = download_prefix(store, want, target.parent if single else target, progress=progress)
+    if summary.transferred + summary.skipped == 0:
+        raise StoreError(f"nothing under {prefix!r} in store {store.url}")
+    return target

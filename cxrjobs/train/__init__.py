@@ -1,0 +1,1 @@
+"""The one training loop, its spec, distributed set-up, metrics and checkpoints."""

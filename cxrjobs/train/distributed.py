@@ -1,0 +1,108 @@
+"""Process-group set-up from the environment a Kubernetes Indexed Job pod gets.
+
+MASTER_ADDR / MASTER_PORT / WORLD_SIZE, and RANK or JOB_COMPLETION_INDEX (an Indexed Job sets
+only the latter). Rank 0 serves the rendezvous store; other ranks first wait until its port
+accepts TCP connections, since the master pod's DNS name can resolve before it listens. Every
+wait is bounded by the rendezvous timeout: no replica hangs forever on a missing peer.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from cxrjobs.errors import ConfigError, RendezvousTimeout
+
+COLLECTIVE_TIMEOUT = timedelta(minutes=30)  # an epoch's evaluation can keep one rank busy
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int
+    world_size: int
+    device: torch.device
+    backend: str | None  # None when world_size == 1: no process group at all
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.backend is not None
+
+
+def _int_env(env, name: str, default: int | None = None) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        if default is None:
+            raise ConfigError(f"environment variable {name} is not set")
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={raw!r} is not an integer") from None
+
+
+def rank_from_env(env=os.environ) -> tuple[int, int]:
+    world = _int_env(env, "WORLD_SIZE", 1)
+    rank = _int_env(env, "RANK") if env.get("RANK") else _int_env(env, "JOB_COMPLETION_INDEX", 0)
+    if not 0 <= rank < world:
+        raise ConfigError(f"rank {rank} is outside WORLD_SIZE={world}")
+    return rank, world
+
+
+def wait_for_master(addr: str, port: int, rank: int, deadline: float, timeout: float) -> None:
+    while True:
+        try:
+            with socket.create_connection((addr, port), timeout=min(2.0, timeout)):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise RendezvousTimeout(
+                    f"rank {rank}: no rendezvous: {addr}:{port} did not accept connections within "
+                    f"the {timeout:g}s rendezvous timeout ({e}). Is replica 0 running? Raise "
+                    "--rendezvous-timeout if pods are slow to start.") from None
+            time.sleep(0.2)
+
+
+def init_distributed(rendezvous_timeout: float = 300.0, env=os.environ) -> DistContext:
+    rank, world = rank_from_env(env)
+    cuda = torch.cuda.is_available()
+    if cuda:
+        local = _int_env(env, "LOCAL_RANK", rank % torch.cuda.device_count())
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    if world == 1:
+        return DistContext(0, 1, device, None)
+    addr = env.get("MASTER_ADDR") or "127.0.0.1"
+    port = _int_env(env, "MASTER_PORT", 29500)
+    deadline = time.monotonic() + rendezvous_timeout
+    if rank != 0:
+        wait_for_master(addr, port, rank, deadline, rendezvous_timeout)
+    remaining = max(1.0, deadline - time.monotonic())
+    try:
+        store = dist.TCPStore(addr, port, world, is_master=(rank == 0),
+                              timeout=timedelta(seconds=remaining), wait_for_workers=True)
+    except (RuntimeError, TimeoutError, dist.DistError) as e:
+        raise RendezvousTimeout(
+            f"rank {rank}: rendezvous at {addr}:{port} for {world} replicas did not complete "
+            f"within the {rendezvous_timeout:g}s rendezvous timeout; a replica never started or "
+            f"cannot reach the master ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    backend = "nccl" if cuda else "gloo"
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world,
+                            timeout=COLLECTIVE_TIMEOUT)
+    return DistContext(rank, world, device, backend)
+
+
+def shutdown(ctx: DistContext) -> None:
+    if ctx.distributed and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,223 @@
+"""The one training loop. NIH pre-training, transfer, baselines and Tune trials all run here.
+
+Each replica runs `Trainer(spec, run, ctx).fit()`. Gradients are averaged by DDP; metrics are
+computed on the exact split (predictions gathered from all ranks, no sampler padding); rank 0
+alone writes checkpoints, metrics and artifacts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, DistributedSampler
+
+from cxrjobs.data.shards import ShardDataset, passthrough
+from cxrjobs.data.transforms import augment, normalize
+from cxrjobs.errors import CxrError
+from cxrjobs.models import build_model, load_state_checked
+from cxrjobs.storage import ObjectStore, join_key
+from cxrjobs.train import checkpoint
+from cxrjobs.train.distributed import DistContext
+from cxrjobs.train.metrics import headline, loss_fn, summarize
+from cxrjobs.train.spec import TrainSpec
+
+
+@dataclass(frozen=True)
+class Run:
+    """Where one run's files live: runs/<run_id>/ in the store."""
+    store: ObjectStore
+    run_id: str
+
+    def key(self, *parts: str) -> str:
+        return join_key("runs", self.run_id, *parts)
+
+
+def resolve_dataset(data: str, store: ObjectStore) -> Path:
+    if os.path.isdir(data):
+        return Path(data)
+    from cxrjobs.config import load_settings
+    from cxrjobs.storage.sync import materialize
+
+    if not store.exists(join_key(data, "manifest.json")):
+        raise CxrError(f"dataset {data!r} not found: neither a local folder nor a dataset in "
+                       f"store {store.url} (expected {data}/manifest.json)")
+    return materialize(store, data, load_settings().local_cache)
+
+
+def default_threads(world_size: int) -> int:
+    return max(1, len(os.sched_getaffinity(0)) // world_size)
+
+
+class Trainer:
+    def __init__(self, spec: TrainSpec, run: Run, ctx: DistContext, log=print):
+        self.spec, self.run, self.ctx, self.log = spec, run, ctx, log
+        torch.set_num_threads(spec.threads or default_threads(ctx.world_size))
+        if spec.deterministic:
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        torch.manual_seed(spec.seed)
+        random.seed(spec.seed)
+        root = resolve_dataset(spec.data, run.store)
+        self.data = {s: ShardDataset(root, s, spec.objective) for s in ("train", "val", "test")}
+        for split in ("train", "val"):
+            if len(self.data[split]) == 0:
+                raise CxrError(f"dataset {spec.data}: the {split} split is empty; preprocess with "
+                               "more images or other --fractions")
+        size = self.data["train"].image_size
+        if spec.image_size not in (None, size):
+            raise CxrError(f"image_size={spec.image_size} but dataset {spec.data} was preprocessed "
+                           f"at {size}; preprocess again at {spec.image_size} or drop --image-size")
+        self.image_size = size
+        self.model = build_model(spec.model, self.data["train"].num_classes, size, spec.pretrained)
+        self.model.to(ctx.device)
+        self.net = DDP(self.model) if ctx.distributed else self.model
+        self.loss = loss_fn(spec.objective)
+        params = self.model.parameters()
+        if spec.optimizer == "sgd":
+            self.opt = torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum,
+                                       weight_decay=spec.weight_decay)
+        else:
+            self.opt = torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
+        self.sched = (torch.optim.lr_scheduler.StepLR(self.opt, spec.step_size, spec.gamma)
+                      if spec.scheduler == "step" else None)
+        self.per_rank = math.ceil(spec.batch_size / ctx.world_size)
+        self.micro = min(self.per_rank, spec.micro_batch_size or self.per_rank)
+        self.history: list[dict] = []
+        self.best_val = math.inf
+        self.start_epoch = 0
+
+    # -- one optimisation step over a rank's share of a global batch ---------------------------
+    def step(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> float:
+        x = augment(normalize(x.to(self.ctx.device, non_blocking=True)), self.spec.augment, gen)
+        y = y.to(self.ctx.device, non_blocking=True)
+        self.opt.zero_grad(set_to_none=True)
+        chunks = list(zip(x.split(self.micro), y.split(self.micro)))
+        total = 0.0
+        for i, (xc, yc) in enumerate(chunks):
+            last = i == len(chunks) - 1
+            # Gradient accumulation: only the last micro-batch triggers DDP's all-reduce.
+            sync = contextlib.nullcontext() if last or not self.ctx.distributed else self.net.no_sync()
+            with sync:
+                loss = self.loss(self.net(xc), yc)
+                (loss * (len(xc) / len(x))).backward()
+            total += float(loss.detach()) * len(xc)
+        self.opt.step()
+        return total
+
+    def _resume(self) -> None:
+        ckpt = checkpoint.load(self.run.store, self.run.key("checkpoints/latest.pt"))
+        if ckpt is None:
+            return
+        load_state_checked(self.model, ckpt["model"], self.run.key("checkpoints/latest.pt"))
+        self.opt.load_state_dict(ckpt["optimizer"])
+        if self.sched is not None and ckpt.get("scheduler"):
+            self.sched.load_state_dict(ckpt["scheduler"])
+        checkpoint.set_rng_state(ckpt["rng"])
+        self.start_epoch = int(ckpt["epoch"])
+        self.history = json.loads(ckpt["history"])
+        self.best_val = float(ckpt["best_val_loss"])
+        self.log(f"resumed from checkpoint: {self.start_epoch} of {self.spec.epochs} epochs done")
+
+    def _checkpoint(self, epoch: int, improved: bool) -> None:
+        state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                 "scheduler": self.sched.state_dict() if self.sched else {},
+                 "epoch": epoch, "rng": checkpoint.rng_state(),
+                 "history": json.dumps(self.history), "best_val_loss": self.best_val,
+                 "spec": self.spec.model_dump_json(), "class_names": self.data["train"].class_names,
+                 "image_size": self.image_size}
+        store = self.run.store
+        checkpoint.save(store, self.run.key("checkpoints/latest.pt"), state)
+        if improved:
+            checkpoint.save(store, self.run.key("checkpoints/best.pt"), state)
+        # Rewritten whole from the checkpointed history, so a lost epoch never leaves a line.
+        store.put_text(self.run.key("metrics.jsonl"), "".join(json.dumps(h) + "\n" for h in self.history))
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> dict:
+        ds = self.data[split]
+        mine = list(range(self.ctx.rank, len(ds), self.ctx.world_size))
+        loader = DataLoader(ds, batch_size=self.micro, sampler=mine, collate_fn=passthrough)
+        self.model.eval()
+        outs = [self.model(normalize(x.to(self.ctx.device))).float().cpu() for x, _ in loader]
+        logits = torch.cat(outs) if outs else torch.zeros((0, ds.num_classes))
+        self.model.train()
+        if self.ctx.distributed:
+            parts: list = [None] * self.ctx.world_size
+            dist.all_gather_object(parts, (mine, logits))
+            idx = np.concatenate([np.asarray(p[0], dtype=np.int64) for p in parts])
+            logits = torch.cat([p[1] for p in parts])[torch.from_numpy(np.argsort(idx))]
+        return summarize(self.spec.objective, logits, ds.targets, ds.patients, ds.class_names,
+                         split, self.spec.bootstrap, self.spec.seed)
+
+    def fit(self) -> dict:
+        spec, ctx = self.spec, self.ctx
+        self._resume()
+        train = self.data["train"]
+        sampler = DistributedSampler(train, num_replicas=ctx.world_size, rank=ctx.rank,
+                                     shuffle=True, seed=spec.seed, drop_last=False)
+        loader = DataLoader(train, batch_size=self.per_rank, sampler=sampler, collate_fn=passthrough,
+                            num_workers=spec.loader_workers, persistent_workers=spec.loader_workers > 0)
+        if ctx.is_main and self.start_epoch == 0:
+            self.log(f"training {spec.model} on {spec.data}: {train.describe()}, "
+                     f"{ctx.world_size} replica(s) x {torch.get_num_threads()} thread(s), "
+                     f"global batch {self.per_rank * ctx.world_size} "
+                     f"({self.per_rank}/replica, micro-batch {self.micro}), device {ctx.device}")
+        for epoch in range(self.start_epoch, spec.epochs):
+            sampler.set_epoch(epoch)
+            gen = torch.Generator().manual_seed(spec.seed * 1_000_003 + epoch * 1009 + ctx.rank)
+            t0 = time.perf_counter()
+            loss_sum, seen = 0.0, 0
+            for x, y in loader:
+                loss_sum += self.step(x, y, gen)
+                seen += len(x)
+            train_seconds = time.perf_counter() - t0
+            totals = torch.tensor([loss_sum, seen], dtype=torch.float64)
+            if ctx.distributed:
+                dist.all_reduce(totals)
+            lr = self.opt.param_groups[0]["lr"]
+            if self.sched is not None:
+                self.sched.step()
+            val = self.evaluate("val")
+            improved = val["loss"] < self.best_val
+            self.best_val = min(self.best_val, val["loss"])
+            self.history.append({
+                "epoch": epoch + 1, "lr": lr,
+                "train": {**train.describe(), "loss": float(totals[0] / max(totals[1], 1)),
+                          "images_seen": int(totals[1]), "seconds": train_seconds,
+                          "images_per_second": float(totals[1]) / max(train_seconds, 1e-9)},
+                "val": val, "best": improved,
+            })
+            if ctx.is_main:
+                self._checkpoint(epoch + 1, improved)
+                self.log(f"epoch {epoch + 1}/{spec.epochs} train_loss {self.history[-1]['train']['loss']:.4f} "
+                         f"val_loss {val['loss']:.4f} {headline(val)} "
+                         f"{self.history[-1]['train']['images_per_second']:.0f} img/s{' *best' if improved else ''}")
+        return self._finish()
+
+    def _finish(self) -> dict:
+        result = {"run": self.run.run_id, "epochs": len(self.history), "best_val_loss": self.best_val}
+        if self.ctx.distributed:
+            dist.barrier()  # best.pt is written by rank 0 before anyone reads it
+        if self.spec.evaluate_test and len(self.data["test"]):
+            best = checkpoint.load(self.run.store, self.run.key("checkpoints/best.pt"))
+            if best is not None:
+                self.model.load_state_dict(best["model"])
+            result["test"] = self.evaluate("test")
+        if self.ctx.is_main:
+            store = self.run.store
+            store.put_text(self.run.key("artifacts/result.json"), json.dumps(result, indent=1))
+            where = f"{store.url}/{self.run.key('')}"
+            msg = headline(result["test"]) if "test" in result else f"best val loss {self.best_val:.4f}"
+            self.log(f"run {self.run.run_id} finished {result['epochs']} epochs: test {msg}; artifacts: {where}")
+        return result

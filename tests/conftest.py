@@ -1,0 +1,73 @@
+"""Shared test fixtures."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+
+# --- S3 (storage) -----------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 HTTP server on 127.0.0.1 for the session; yields its endpoint "127.0.0.1:PORT".
+
+    It is moto's standalone server, because no MinIO server binary is installable here; the
+    `minio` client that S3Store uses speaks real S3 HTTP to it, so the same code path runs as
+    against MinIO (signing, multipart uploads, user metadata, error codes)."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    # No proxies: the client must talk to 127.0.0.1 directly.
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                pytest.fail(f"moto S3 server did not start on 127.0.0.1:{port} within 30 s "
+                            f"(exit code {proc.returncode}); its log:\n{log.read_text()[-3000:]}")
+            time.sleep(0.1)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """Environment for an S3 store in a fresh bucket on the moto server; returns that store."""
+    from cxrjobs.storage import open_store
+
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, "127.0.0.1,localhost")
+    monkeypatch.delenv("CXRJOBS_CONFIG", raising=False)
+    monkeypatch.setenv("CXRJOBS_STORE", f"s3://cxr-{uuid.uuid4().hex[:16]}/runs")
+    monkeypatch.setenv("CXRJOBS_S3_ENDPOINT", s3_server)
+    monkeypatch.setenv("CXRJOBS_S3_SECURE", "0")
+    monkeypatch.setenv("CXRJOBS_S3_ACCESS_KEY", "testing")
+    monkeypatch.setenv("CXRJOBS_S3_SECRET_KEY", "testing-secret-0123456789")
+    return open_store()

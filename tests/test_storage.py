@@ -1,0 +1,232 @@
+"""Object stores (local directory and S3 via moto) and directory sync."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from cxrjobs.errors import ConfigError, StoreError
+from cxrjobs.storage import LocalStore, open_store
+from cxrjobs.storage.s3 import S3Store
+from cxrjobs.storage.sync import MANIFEST, download_prefix, materialize, upload_dir
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path):
+    if request.param == "local":
+        return LocalStore(tmp_path / "store")
+    return request.getfixturevalue("s3_env")
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def make_tree(root: Path) -> dict[str, bytes]:
+    files = {
+        "a.txt": b"alpha\n",
+        "b.bin": os.urandom(1000),
+        "empty": b"",
+        "sub/c.txt": b"gamma" * 100,
+        "sub/deep/d.npy": os.urandom(50_000),
+        "sub/deep/e.json": b'{"e": 1}',
+        "big.bin": os.urandom(6 * 1024 * 1024 + 123),  # > 5 MiB: a multipart upload on S3
+    }
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return files
+
+
+def read_tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes()
+            for p in root.rglob("*") if p.is_file() and p.name != MANIFEST}
+
+
+def test_bytes_and_file_roundtrip(store, tmp_path):
+    info = store.put_bytes("x/y.txt", b"hello")
+    assert (info.key, info.size) == ("x/y.txt", 5)
+    assert store.get_bytes("x/y.txt") == b"hello"
+    assert store.put_text("t.txt", "héllo").size == len("héllo".encode())
+    assert store.get_text("t.txt") == "héllo"
+
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(300_000))
+    assert store.put_file("f/src.bin", src).size == 300_000
+    dst = tmp_path / "out" / "nested" / "copy.bin"
+    store.get_file("f/src.bin", dst)
+    assert dst.read_bytes() == src.read_bytes()
+    assert not [p for p in dst.parent.iterdir() if p.name.endswith(".tmp")]
+    store.put_bytes("x/y.txt", b"replaced")  # overwrite
+    assert store.get_bytes("x/y.txt") == b"replaced"
+
+
+def test_stat_and_checksum(store):
+    data = os.urandom(4096)
+    store.put_bytes("d/obj", data)
+    info = store.stat("d/obj")
+    assert (info.key, info.size) == ("d/obj", 4096)
+    assert info.sha256 in (None, sha(data))  # local stat does not hash; S3 reads it from metadata
+    if isinstance(store, S3Store):
+        assert info.sha256 == sha(data)
+    assert store.checksum("d/obj") == sha(data)
+    assert store.stat("d/none") is None and store.checksum("d/none") is None
+    assert store.exists("d/obj") and not store.exists("d")
+    store.delete("d/obj")
+    assert store.stat("d/obj") is None
+    store.delete("d/obj")  # deleting a missing key is not an error
+
+
+def test_list_sorted_and_prefix(store):
+    for k in ["b/2", "a/10", "a/1", "ab/x", "a/sub/3", "z"]:
+        store.put_bytes(k, k.encode())
+    assert [o.key for o in store.list()] == ["a/1", "a/10", "a/sub/3", "ab/x", "b/2", "z"]
+    assert [o.key for o in store.list("a")] == ["a/1", "a/10", "a/sub/3"]  # not "ab/x"
+    assert [o.key for o in store.list("a/")] == ["a/1", "a/10", "a/sub/3"]
+    assert [(o.key, o.size) for o in store.list("a/sub/3")] == [("a/sub/3", 7)]
+    assert list(store.list("nope")) == []
+
+
+def test_missing_key_names_key_and_store(store, tmp_path):
+    for call in (lambda: store.get_bytes("no/such.bin"),
+                 lambda: store.get_file("no/such.bin", tmp_path / "dl" / "x")):
+        with pytest.raises(StoreError) as e:
+            call()
+        assert "no/such.bin" in str(e.value) and store.url in str(e.value)
+    assert not (tmp_path / "dl" / "x").exists()
+
+
+@pytest.mark.parametrize("key", ["../x", "a/../../x", "/etc/passwd", "a\\b", "", "/"])
+def test_bad_keys_rejected(store, key):
+    with pytest.raises(StoreError):
+        store.put_bytes(key, b"x")
+    with pytest.raises(StoreError):
+        store.get_bytes(key)
+    with pytest.raises(StoreError):
+        store.stat(key)
+
+
+def test_upload_and_download_tree(store, tmp_path):
+    src = tmp_path / "src"
+    files = make_tree(src)
+    (src / ".part.bin.tmp").write_bytes(b"in-flight write")  # must not be uploaded
+    up = upload_dir(src, store, "datasets/toy", workers=4, progress=False)
+    assert (up.transferred, up.skipped) == (len(files), 0)
+    assert up.bytes == sum(map(len, files.values()))
+    assert [o.key for o in store.list("datasets/toy")] == sorted(f"datasets/toy/{k}" for k in files)
+    assert store.stat("datasets/toy/big.bin").size == len(files["big.bin"])
+    assert store.checksum("datasets/toy/big.bin") == sha(files["big.bin"])
+
+    again = upload_dir(src, store, "datasets/toy", progress=False)
+    assert (again.transferred, again.skipped, again.bytes) == (0, len(files), 0)
+
+    dst = tmp_path / "dst"
+    down = download_prefix(store, "datasets/toy", dst, workers=4, progress=True)
+    assert (down.transferred, down.skipped) == (len(files), 0)
+    assert read_tree(dst) == files
+    assert (dst / MANIFEST).is_file()
+    assert "transferred" in down.line()
+
+    second = download_prefix(store, "datasets/toy", dst, progress=False)
+    assert (second.transferred, second.skipped) == (0, len(files))
+
+    # Same size, different content: the manifest's mtime no longer matches, so it is re-hashed
+    # and re-downloaded.
+    (dst / "sub/c.txt").write_bytes(b"GAMMA" * 100)
+    os.utime(dst / "sub/c.txt", ns=(1, 1))
+    third = download_prefix(store, "datasets/toy", dst, progress=False)
+    assert (third.transferred, third.skipped) == (1, len(files) - 1)
+    assert read_tree(dst) == files
+
+
+def test_interrupted_upload_resumes(store, tmp_path):
+    src = tmp_path / "src"
+    files = make_tree(src)
+    seen = []
+
+    def crash_after_three(key):
+        seen.append(key)
+        if len(seen) == 3:
+            raise KeyboardInterrupt("simulated interruption")
+
+    # One worker makes "exactly three objects made it" deterministic.
+    with pytest.raises(KeyboardInterrupt):
+        upload_dir(src, store, "ds", workers=1, progress=False, on_object=crash_after_three)
+    assert len(list(store.list("ds"))) == 3
+
+    resumed = upload_dir(src, store, "ds", workers=4, progress=False)
+    assert (resumed.transferred, resumed.skipped) == (len(files) - 3, 3)
+    dst = tmp_path / "dst"
+    download_prefix(store, "ds", dst, progress=False)
+    assert read_tree(dst) == files
+
+
+def test_interrupted_parallel_upload_stops_and_resumes(store, tmp_path):
+    src = tmp_path / "src"
+    files = {f"f{i:02d}": os.urandom(2000) for i in range(40)}
+    for k, v in files.items():
+        (src / k).parent.mkdir(parents=True, exist_ok=True)
+        (src / k).write_bytes(v)
+    calls = []
+
+    def boom(key):
+        calls.append(key)
+        if len(calls) == 3:
+            raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        upload_dir(src, store, "p", workers=4, progress=False, on_object=boom)
+    uploaded = len(list(store.list("p")))
+    assert 3 <= uploaded < len(files)  # in-flight ones may finish, but the rest is cancelled
+    resumed = upload_dir(src, store, "p", workers=4, progress=False)
+    assert (resumed.transferred, resumed.skipped) == (len(files) - uploaded, uploaded)
+
+
+def test_materialize(store, tmp_path):
+    src = tmp_path / "src"
+    files = make_tree(src)
+    upload_dir(src, store, "datasets/toy", progress=False)
+    cache = tmp_path / "cache"
+    path = materialize(store, "datasets/toy", cache)
+    assert read_tree(path) == files
+    if isinstance(store, LocalStore):
+        assert path == store.root / "datasets/toy"  # in place: no copy
+        assert not cache.exists()
+    else:
+        assert path.is_relative_to(cache)
+        mtime = (path / "big.bin").stat().st_mtime_ns
+        assert materialize(store, "datasets/toy", cache) == path
+        assert (path / "big.bin").stat().st_mtime_ns == mtime  # cached, not downloaded again
+    one = materialize(store, "datasets/toy/sub/c.txt", cache)
+    assert one.is_file() and one.read_bytes() == files["sub/c.txt"]
+    with pytest.raises(StoreError, match="nothing under"):
+        materialize(store, "datasets/missing", cache)
+
+
+def test_s3_missing_credentials_is_config_error(monkeypatch):
+    monkeypatch.delenv("CXRJOBS_CONFIG", raising=False)
+    monkeypatch.setenv("CXRJOBS_STORE", "s3://bucket/prefix")
+    monkeypatch.setenv("CXRJOBS_S3_ENDPOINT", "127.0.0.1:9")
+    monkeypatch.delenv("CXRJOBS_S3_ACCESS_KEY", raising=False)
+    monkeypatch.setenv("CXRJOBS_S3_SECRET_KEY", "top-secret-value-42")
+    with pytest.raises(ConfigError) as e:
+        open_store()
+    assert "CXRJOBS_S3_ACCESS_KEY" in str(e.value)
+    assert "top-secret-value-42" not in str(e.value)
+
+
+def test_secret_never_shown(s3_env, s3_server, tmp_path):
+    secret = os.environ["CXRJOBS_S3_SECRET_KEY"]
+    store = s3_env
+    assert store.url.startswith("s3://cxr-") and store.url.endswith("/runs")
+    for text in (repr(store), str(store), repr(vars(store))):
+        assert secret not in text
+    with pytest.raises(StoreError) as e:
+        store.get_file("missing", tmp_path / "x")
+    assert secret not in str(e.value) and secret not in repr(e.value)
+    with pytest.raises(StoreError) as e:  # an invalid bucket name fails before any request
+        S3Store(endpoint=s3_server, bucket="Bad_Bucket", access_key="a", secret_key=secret)
+    assert secret not in str(e.value)

@@ -71,3 +71,43 @@ def s3_env(s3_server, monkeypatch):
     monkeypatch.setenv("CXRJOBS_S3_ACCESS_KEY", "testing")
     monkeypatch.setenv("CXRJOBS_S3_SECRET_KEY", "testing-secret-0123456789")
     return open_store()
+
+
+# --- data and local runs ------------------------------------------------------------------------
+
+SHARED_DATA = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """../shared/data: real chest X-rays laid beside the checkout (absent in a user's clone)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent (it is provided beside the checkout in CI)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def phantom_nih_64(tmp_path_factory):
+    """A preprocessed phantom NIH dataset (600 images, 64 px): small enough for multi-process
+    training tests, with class patterns a small CNN learns."""
+    from cxrjobs.data.preprocess import PreprocessSpec, preprocess
+    from cxrjobs.data.synth import synth_nih
+    from cxrjobs.storage import LocalStore
+
+    root = tmp_path_factory.mktemp("phantom")
+    synth_nih(root / "raw", 600, size=128, seed=1)
+    spec = PreprocessSpec(source=str(root / "raw"), format="nih", size=64)
+    preprocess(spec, LocalStore(root / "ds64"), "", show_progress=False)
+    return root / "ds64"
+
+
+@pytest.fixture
+def local_env(tmp_path, monkeypatch):
+    """A private local store and backend state directory; returns the store."""
+    from cxrjobs.storage import open_store
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("CXRJOBS_CONFIG", "CXRJOBS_S3_ENDPOINT", "CXRJOBS_CACHE_DIR", "CXRJOBS_STATE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CXRJOBS_STORE", str(tmp_path / "store"))
+    return open_store()

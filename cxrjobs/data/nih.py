@@ -72,7 +72,8 @@ def read_nih(root: str, csv_path: str | None = None) -> Source:
     missing = records["path"].isna()
     for image_id in records.loc[missing, "image_id"]:
         rejects.append((image_id, f"listed in {os.path.basename(csv_path)} but no image file under {root}"))
-    listed = set(records["image_id"])
+    # Rows already rejected (unknown label, duplicate) are listed too: their file is not "unlisted".
+    listed = set(records["image_id"]) | {image_id for image_id, _ in rejects}
     for name, path in images.items():
         if name not in listed:
             rejects.append((path, f"image has no row in {os.path.basename(csv_path)}"))

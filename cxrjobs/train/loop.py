@@ -207,6 +207,7 @@ class Trainer:
 
     def _finish(self) -> dict:
         result = {"run": self.run.run_id, "epochs": len(self.history), "best_val_loss": self.best_val}
+        self.log(f"rank {self.ctx.rank} final weights sha256 {checkpoint.weights_digest(self.model)}")
         if self.ctx.distributed:
             dist.barrier()  # best.pt is written by rank 0 before anyone reads it
         if self.spec.evaluate_test and len(self.data["test"]):

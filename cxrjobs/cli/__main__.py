@@ -1,0 +1,3 @@
+from cxrjobs.cli import main
+
+main()

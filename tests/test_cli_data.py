@@ -1,0 +1,200 @@
+"""`cxrjobs data ...` end to end through the CLI: synth, preprocess, inspect, merge, help, errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import cxrjobs.cli
+from cxrjobs.cli import app
+from cxrjobs.data.nih import LABELS
+from cxrjobs.errors import CxrError
+
+runner = CliRunner()
+
+
+def cli(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def ok(*args: str):
+    result = cli(*args)
+    assert result.exit_code == 0, (args, result.output, result.exception)
+    return result
+
+
+def failure_text(result) -> str:
+    """What a user would see: the output, or the CxrError that main() prints as 'error: ...'."""
+    assert result.exit_code != 0
+    text = result.output
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        assert isinstance(result.exception, CxrError), repr(result.exception)
+        text += str(result.exception)
+    return text
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "nih"
+    result = ok("data", "synth", "nih", "--out", out, "--count", 30, "--size", 128)
+    assert "30 images" in result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def preprocessed(synth_dir, tmp_path_factory):
+    dest = tmp_path_factory.mktemp("cli-out") / "nih-64"
+    result = ok("data", "preprocess", synth_dir, "--format", "nih", "--size", 64, "--out", dest,
+                "--shard-size", 8)
+    assert "preprocessed 28 images (2 rejected" in result.output
+    return dest
+
+
+def test_synth_writes_the_nih_layout(synth_dir):
+    table = pd.read_csv(synth_dir / "Data_Entry_2017.csv")
+    assert len(table) == 30
+    pngs = list(synth_dir.glob("images_*/images/*.png"))
+    assert len(pngs) == 30
+    assert {p.name for p in pngs} == set(table["Image Index"])
+
+
+def test_synth_unknown_kind(tmp_path):
+    result = cli("data", "synth", "mimic", "--out", tmp_path / "x", "--count", 5)
+    assert result.exit_code == 2
+    assert "choose nih or covid" in result.output
+
+
+def test_preprocess_outputs(preprocessed):
+    manifest = json.loads((preprocessed / "manifest.json").read_text())
+    assert manifest["images"] == 28 and manifest["rejected"] == 2 and manifest["image_size"] == 64
+    assert manifest["num_shards"] == 4  # 30 planned records, 8 per shard
+    index = pd.read_csv(preprocessed / "index.csv", dtype=str, keep_default_na=False)
+    assert len(index) == 28
+    assert index.groupby("patient_id")["split"].nunique().max() == 1
+
+
+def test_inspect_json(preprocessed):
+    result = ok("data", "inspect", preprocessed, "--json")
+    info = json.loads(result.stdout)
+    index = pd.read_csv(preprocessed / "index.csv", dtype=str, keep_default_na=False)
+    assert info["dataset"] == str(preprocessed)
+    assert info["format"] == "nih" and info["image_size"] == 64
+    assert info["images"] == 28 and info["rejected"] == 2
+    for split in ("train", "val", "test"):
+        part = index[index["split"] == split]
+        assert info["splits"][split] == {"images": len(part), "patients": part["patient_id"].nunique()}
+    assert sum(v["images"] for v in info["splits"].values()) == 28
+    assert list(info["labels"]) == [n for n in LABELS if n in info["labels"]]  # manifest order
+    exploded = index["labels"].str.split("|").explode()
+    for name, per_split in info["labels"].items():
+        assert sum(per_split.values()) == int((exploded == name).sum()), name
+    assert sum(info["views"].values()) == 28 and set(info["views"]) <= {"PA", "AP"}
+    assert info["reject_reasons"] == {"empty file": 1, "corrupt or truncated image: image file is truncated": 1}
+
+
+def test_inspect_table(preprocessed):
+    result = ok("data", "inspect", preprocessed)
+    assert "28 images, 2 rejected" in result.output
+    assert "train" in result.output and "views:" in result.output and "empty file" in result.output
+
+
+def test_inspect_not_preprocessed(tmp_path):
+    result = cli("data", "inspect", tmp_path)
+    assert "no manifest.json" in failure_text(result)
+
+
+def test_sliced_preprocess_then_merge(synth_dir, preprocessed, tmp_path):
+    dest = tmp_path / "sliced"
+    common = ("data", "preprocess", synth_dir, "--format", "nih", "--size", 64, "--out", dest, "--shard-size", 8)
+    first = ok(*common, "--shard-index", 0, "--num-shards", 2)
+    assert "slice 0/2" in first.output and "data merge" in first.output
+    assert not (dest / "index.csv").exists()  # slices never merge by themselves
+
+    early = cli("data", "merge", dest)  # slice 1 has not run: shards 1 and 3 are missing
+    text = failure_text(early)
+    assert "2 of 4 shards" in text and "[1, 3]" in text
+
+    ok(*common, "--shard-index", 1, "--num-shards", 2)
+    merged = ok("data", "merge", dest)
+    assert "merged 4 shards: 28 images, 2 rejected" in merged.output
+    assert (dest / "index.csv").read_bytes() == (preprocessed / "index.csv").read_bytes()
+    for npy in sorted((preprocessed / "shards").glob("*.npy")):
+        assert (dest / "shards" / npy.name).read_bytes() == npy.read_bytes()
+
+    rerun = ok(*common, "--shard-index", 1, "--num-shards", 2)  # resumable: nothing left to do
+    assert "0 images" in rerun.output and "2 shards already done" in rerun.output
+
+
+def test_covid_preprocess_with_views(tmp_path):
+    src = tmp_path / "covid"
+    ok("data", "synth", "covid", "--out", src, "--count", 30, "--size", 64)
+    dest = tmp_path / "covid-32"
+    ok("data", "preprocess", src, "--format", "covid", "--size", 32, "--out", dest, "--views", "PA,AP")
+    info = json.loads(ok("data", "inspect", dest, "--json").stdout)
+    meta = pd.read_csv(src / "metadata.csv")
+    kept = meta[(meta["view"].isin(["PA", "AP"])) & (meta["modality"] == "X-ray")]
+    assert info["images"] + info["rejected"] == len(kept)
+    assert set(info["views"]) <= {"PA", "AP"}
+    assert set(info["labels"]) <= {"non-COVID", "COVID-19"}
+
+
+SUBCOMMANDS = ["synth", "preprocess", "merge", "upload", "inspect"]
+
+
+@pytest.mark.parametrize("sub", SUBCOMMANDS)
+def test_help_has_an_example(sub):
+    result = ok("data", sub, "--help")
+    assert "Example" in result.output
+    assert "cxrjobs data " + sub in result.output
+
+
+def test_data_help_lists_every_subcommand():
+    result = ok("data", "--help")
+    for sub in SUBCOMMANDS:
+        assert sub in result.output
+
+
+def test_preprocess_csv_missing_columns(tmp_path):
+    src = tmp_path / "bad"
+    src.mkdir()
+    (src / "Data_Entry_2017.csv").write_text("Image Index,Labels,View Position\n00000001_000.png,No Finding,PA\n")
+    result = cli("data", "preprocess", src, "--format", "nih", "--size", 64, "--out", tmp_path / "o")
+    text = failure_text(result)
+    assert "Finding Labels" in text and "Patient ID" in text and "missing" in text
+
+
+def test_main_prints_error_and_exits_2(tmp_path, monkeypatch, capsys):
+    src = tmp_path / "bad"
+    src.mkdir()
+    (src / "Data_Entry_2017.csv").write_text("Image Index,Finding Labels\n00000001_000.png,No Finding\n")
+    monkeypatch.setattr(sys, "argv", ["cxrjobs", "data", "preprocess", str(src), "--format", "nih",
+                                      "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit) as e:
+        cxrjobs.cli.main()
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Patient ID" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args,words", [
+    (("--fit", "stretch"), ["fit"]),
+    (("--size", "8"), ["size"]),
+    (("--fractions", "0.5,0.6,0.1"), ["fractions", "sum to 1"]),
+])
+def test_preprocess_bad_options(synth_dir, tmp_path, args, words):
+    result = cli("data", "preprocess", synth_dir, "--format", "nih", "--out", tmp_path / "o", *args)
+    text = failure_text(result)
+    assert "invalid preprocess options" in text
+    for w in words:
+        assert w in text
+    assert not (tmp_path / "o").exists()
+
+
+def test_preprocess_unknown_format(synth_dir, tmp_path):
+    result = cli("data", "preprocess", synth_dir, "--format", "dicom", "--out", tmp_path / "o")
+    assert "format" in failure_text(result)

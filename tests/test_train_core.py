@@ -1,0 +1,75 @@
+"""The training loop in-process (world size 1): learning, accumulation, resume bookkeeping."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cxrjobs.storage import join_key
+from cxrjobs.train.distributed import DistContext
+from cxrjobs.train.loop import Run, Trainer, default_threads
+from cxrjobs.train.spec import TrainSpec
+
+SOLO = DistContext(0, 1, torch.device("cpu"), None)
+
+
+def test_trained_model_beats_trivial_baseline_on_test_split(phantom_nih_64, local_env):
+    spec = TrainSpec(data=str(phantom_nih_64), epochs=10, batch_size=32, optimizer="adam", lr=1e-3,
+                     bootstrap=200)
+    result = Trainer(spec, Run(local_env, "learn"), SOLO, log=lambda m: None).fit()
+    test = result["test"]
+    assert test["split"] == "test" and test["images"] > 50 and test["patients"] > 10
+    # A constant predictor scores 0.5; the lower CI bound must clear it.
+    assert test["mean_auroc"]["value"] > 0.65, test["mean_auroc"]
+    assert test["mean_auroc"]["ci"][0] > 0.5
+    saved = json.loads(local_env.get_text(join_key("runs", "learn", "artifacts/result.json")))
+    assert saved["test"]["mean_auroc"] == test["mean_auroc"]
+
+
+def test_gradient_accumulation_equals_one_big_batch(phantom_nih_64, local_env):
+    x, y = None, None
+    weights = []
+    for micro in (None, 8):
+        spec = TrainSpec(data=str(phantom_nih_64), batch_size=32, micro_batch_size=micro,
+                         optimizer="sgd", lr=0.1, momentum=0.0, augment={"hflip": 0, "vflip": 0})
+        t = Trainer(spec, Run(local_env, f"acc-{micro}"), SOLO, log=lambda m: None)
+        if x is None:
+            x, y = t.data["train"].__getitems__(list(range(32)))
+        t.step(x, y, torch.Generator().manual_seed(0))
+        weights.append([p.detach().clone() for p in t.model.parameters()])
+    for a, b in zip(*weights):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_multiclass_objective_reports_accuracy(phantom_nih_64, local_env):
+    spec = TrainSpec(data=str(phantom_nih_64), epochs=1, batch_size=64, objective="multiclass",
+                     bootstrap=20)
+    t = Trainer(spec, Run(local_env, "mc"), SOLO, log=lambda m: None)
+    assert t.data["train"].num_classes == 15
+    result = t.fit()
+    assert "accuracy" in result["test"] and 0 <= result["test"]["accuracy"]["value"] <= 1
+
+
+def test_finished_run_is_not_retrained(phantom_nih_64, local_env):
+    spec = TrainSpec(data=str(phantom_nih_64), epochs=2, batch_size=64, bootstrap=0)
+    Trainer(spec, Run(local_env, "again"), SOLO, log=lambda m: None).fit()
+    logs = []
+    t = Trainer(spec, Run(local_env, "again"), SOLO, log=logs.append)
+    steps = []
+    t.step = lambda *a: steps.append(1) or 0.0
+    t.fit()
+    assert not steps and any("2 of 2 epochs done" in m for m in logs)
+
+
+def test_image_size_mismatch_is_a_clear_error(phantom_nih_64, local_env):
+    from cxrjobs.errors import CxrError
+    with pytest.raises(CxrError, match="preprocessed at 64"):
+        Trainer(TrainSpec(data=str(phantom_nih_64), image_size=224), Run(local_env, "x"), SOLO)
+
+
+def test_threads_default_to_cores_per_replica():
+    import os
+    cores = len(os.sched_getaffinity(0))
+    assert default_threads(1) == cores and default_threads(cores * 4) == 1

@@ -12,7 +12,7 @@ from cxrjobs.progress import console
 from cxrjobs.storage import join_key, open_store
 
 
-def run_demo(out: Path, count: int = 1200, size: int = 224, replicas: int = 2, epochs: int = 6) -> dict:
+def run_demo(out: Path, count: int = 1200, size: int = 224, replicas: int = 2, epochs: int = 8) -> dict:
     from cxrjobs.data.synth import synth_nih
 
     raw = out / "phantom-nih"
@@ -33,8 +33,8 @@ def run_demo(out: Path, count: int = 1200, size: int = 224, replicas: int = 2, e
         console.print(f"[bold]2/3[/] dataset already preprocessed: {store.url}/{dataset}")
     console.print(f"[bold]3/3[/] nih-train: smallcnn, {replicas} replicas (DDP over gloo), {epochs} epochs")
     job = resolve_job("nih-train", None, {"replicas": replicas, "train": {
-        "data": dataset, "model": "smallcnn", "epochs": epochs, "batch_size": 64, "lr": 0.01,
-        "optimizer": "sgd", "momentum": 0.9}})
+        "data": dataset, "model": "smallcnn", "epochs": epochs, "batch_size": 64, "lr": 1e-3,
+        "optimizer": "adam"}})
     _run(backend, job)
     return api.run_status(job.name)
 
@@ -42,7 +42,7 @@ def run_demo(out: Path, count: int = 1200, size: int = 224, replicas: int = 2, e
 def _run(backend, job) -> None:
     api.submit(job)
     for line in backend.logs(job.name, replica=0, follow=True):
-        console.print(line.rstrip("\n"), markup=False, highlight=False)
+        print(line, end="", flush=True)
     st = backend.status(job.name)
     if st.state != "Succeeded":
         raise CxrError(f"demo step {job.name} ended {st.state}: {st.message}; "

@@ -25,7 +25,7 @@ from cxrjobs.storage.local import atomic_write_bytes
 
 # What a container image would provide besides the job's own variables.
 HOST_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV",
-            "CUDA_VISIBLE_DEVICES", "XDG_CACHE_HOME", "RAY_AUTH_MODE")
+            "CUDA_VISIBLE_DEVICES", "XDG_CACHE_HOME", "RAY_AUTH_MODE", "CXRJOBS_DIST_BACKEND")
 PORT_PLACEHOLDER = "<free port, picked at each start>"
 
 
@@ -64,8 +64,10 @@ class LocalBackend(Backend):
         return self.root / run
 
     def submit_dryrun(self, job: JobSpec) -> SubmitPlan:
+        # All replicas share this host: LOCAL_* as torchrun sets them, so GPUs are assigned per rank.
+        local = lambda i: {"LOCAL_RANK": str(i), "LOCAL_WORLD_SIZE": str(job.replicas)}
         objects = [{"kind": "Process", "replica": i, "command": replica_command(),
-                    "env": replica_env(job, i, "127.0.0.1", PORT_PLACEHOLDER, self.settings),
+                    "env": {**replica_env(job, i, "127.0.0.1", PORT_PLACEHOLDER, self.settings), **local(i)},
                     "secret_env": [k for k in SECRET_ENV if os.environ.get(k)],
                     "log": str(self._dir(job.name) / "logs" / f"replica-{i}.log")}
                    for i in range(job.replicas)]

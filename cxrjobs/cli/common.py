@@ -9,7 +9,7 @@ from rich.console import Console
 
 from cxrjobs.errors import ConfigError
 
-out = Console()
+out = Console(soft_wrap=True)
 
 
 def print_json(obj) -> None:

@@ -12,7 +12,7 @@ from cxrjobs.cli.common import out
 def register(app: typer.Typer) -> None:
     @app.command()
     def demo(out_dir: Path = typer.Option(Path("demo-out"), "--out", help="where phantom data goes"),
-             replicas: int = typer.Option(2), epochs: int = typer.Option(6)):
+             replicas: int = typer.Option(2), epochs: int = typer.Option(8)):
         """Phantom NIH data, a preprocessing job and DDP training on the local backend.
 
         Example: cxrjobs demo --out demo-out

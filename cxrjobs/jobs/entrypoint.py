@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 from cxrjobs.errors import CxrError
 from cxrjobs.jobs.spec import JobSpec
@@ -30,7 +31,10 @@ def run_train(job: JobSpec, store: ObjectStore) -> None:
     from cxrjobs.train.distributed import init_distributed, shutdown
     from cxrjobs.train.loop import Run, Trainer
 
+    t0 = time.perf_counter()
     ctx = init_distributed(job.rendezvous_timeout)
+    log(f"rank {ctx.rank}/{ctx.world_size}: rendezvous done in {time.perf_counter() - t0:.2f}s "
+        f"({ctx.backend or 'single process'}, {ctx.device})")
     try:
         Trainer(job.train, Run(store, job.name), ctx, log=log).fit()
     finally:

@@ -75,12 +75,17 @@ def wait_for_master(addr: str, port: int, rank: int, deadline: float, timeout: f
 def init_distributed(rendezvous_timeout: float = 300.0, env=os.environ) -> DistContext:
     rank, world = rank_from_env(env)
     cuda = torch.cuda.is_available()
+    backend = "gloo"
     if cuda:
-        local = _int_env(env, "LOCAL_RANK", rank % torch.cuda.device_count())
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
+        gpus = torch.cuda.device_count()
+        local = _int_env(env, "LOCAL_RANK", rank % gpus)
+        torch.cuda.set_device(local % gpus)
+        device = torch.device("cuda", local % gpus)
+        # NCCL needs one GPU per rank; more replicas than GPUs on a host share them over gloo.
+        backend = "nccl" if _int_env(env, "LOCAL_WORLD_SIZE", 1) <= gpus else "gloo"
     else:
         device = torch.device("cpu")
+    backend = env.get("CXRJOBS_DIST_BACKEND") or backend
     if world == 1:
         return DistContext(0, 1, device, None)
     addr = env.get("MASTER_ADDR") or "127.0.0.1"
@@ -97,7 +102,6 @@ def init_distributed(rendezvous_timeout: float = 300.0, env=os.environ) -> DistC
             f"rank {rank}: rendezvous at {addr}:{port} for {world} replicas did not complete "
             f"within the {rendezvous_timeout:g}s rendezvous timeout; a replica never started or "
             f"cannot reach the master ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    backend = "nccl" if cuda else "gloo"
     dist.init_process_group(backend, store=store, rank=rank, world_size=world,
                             timeout=COLLECTIVE_TIMEOUT)
     return DistContext(rank, world, device, backend)

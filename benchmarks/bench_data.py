@@ -10,7 +10,7 @@ the best repeat is reported (another process may share the cores); details keep 
                   aspect-kept + pad here) -> ToTensor -> Normalize -> random h/v flips, batch 32
                   through the default collate (ImageFolder-style Dataset, DataLoader).
   shard loader    cxrjobs: ShardDataset (one __getitems__ per batch of 64, passthrough collate,
-                  RandomSampler) + transforms.normalize + transforms.augment(Augment()), so each
+                  RandomSampler) + transforms.prepare(x, Augment(), gen), so each
                   batch is a float tensor ready for the model.
   preprocessing   run_slice (decode + resize + sha256 + shard writes, fresh output each repeat)
                   vs Pillow decode-only (Image.open(path).load()) of the same files.
@@ -135,7 +135,7 @@ def shard_loader(root: Path, min_seconds: float, repeats: int) -> dict:
     from torch.utils.data import DataLoader, RandomSampler
 
     from cxrjobs.data.shards import ShardDataset, passthrough
-    from cxrjobs.data.transforms import augment, normalize
+    from cxrjobs.data.transforms import prepare
     from cxrjobs.train.spec import Augment
 
     ds = ShardDataset(root, split=None)
@@ -143,18 +143,20 @@ def shard_loader(root: Path, min_seconds: float, repeats: int) -> dict:
                         collate_fn=passthrough)
     aug, gen = Augment(), torch.Generator().manual_seed(0)
 
-    def epochs(transform: bool) -> tuple[float, int]:
+    def epochs(transform: bool, min_epochs: int = 2) -> tuple[float, int]:
         n, ep, t0 = 0, 0, time.perf_counter()
-        while ep < 2 or time.perf_counter() - t0 < min_seconds:
+        while ep < min_epochs or time.perf_counter() - t0 < min_seconds:
             for x, _y in loader:
                 if transform:
-                    x = augment(normalize(x), aug, gen)
+                    x = prepare(x, aug, gen)
                 n += x.shape[0]
             ep += 1
         assert x.dtype == (torch.float32 if transform else torch.uint8)
         return n / (time.perf_counter() - t0), ep
 
-    epochs(True)  # warm-up: maps every shard, touches every page
+    min_seconds, wanted = 0.0, min_seconds
+    epochs(True, 1)  # warm-up: maps every shard, touches every page
+    min_seconds = wanted
     full, raw, n_epochs = [], [], []
     for _ in range(repeats):  # alternate, keep the best of each
         rate, ep = epochs(True)
@@ -179,6 +181,33 @@ def decode_only(paths) -> float:
         with Image.open(p) as im:
             im.load()
     return len(paths) / (time.perf_counter() - t0)
+
+
+def breakdown(paths, size: int) -> dict:
+    """Per-image ms of the three things preprocessing must do: decode, resize, sha256."""
+    import hashlib
+    import io
+
+    from PIL import Image
+
+    from cxrjobs.data.decode import _resize
+
+    dec = res = sha = 0.0
+    for p in paths:
+        with open(p, "rb") as f:
+            data = f.read()
+        t0 = time.perf_counter()
+        hashlib.sha256(data).hexdigest()
+        t1 = time.perf_counter()
+        im = Image.open(io.BytesIO(data))
+        im.load()
+        t2 = time.perf_counter()
+        _resize(im, size, "pad")
+        t3 = time.perf_counter()
+        sha, dec, res = sha + t1 - t0, dec + t2 - t1, res + t3 - t2
+    n = len(paths) / 1000
+    return {"decode_ms": _r(dec / n, 2), "resize_ms": _r(res / n, 2), "sha256_ms": _r(sha / n, 2),
+            "ceiling_vs_decode_only": _r(dec / (dec + res + sha), 3)}
 
 
 def preprocess_once(raw: Path, out: Path, size: int) -> tuple[float, int]:
@@ -229,7 +258,7 @@ def run(quick: bool = False, workdir: Path | None = None) -> list[dict]:
     count = 120 if quick else 300
     repeats = 2 if quick else 3
     naive_epochs = 2 if quick else 3
-    loader_seconds = 0.3 if quick else 1.0
+    loader_seconds, loader_repeats = (0.25, 3) if quick else (0.5, 5)  # short repeats ride out neighbours
     rows: list[dict] = []
     common = {"images": count, "source": "synth_nih 1024x1024 8-bit PNG (special=False)", "threads": 1}
 
@@ -263,16 +292,21 @@ def run(quick: bool = False, workdir: Path | None = None) -> list[dict]:
             rows.append(row(f"preprocess run_slice {size}px (1 worker)", best, "images/s", **common,
                             repeats=[_r(r) for r in pre[size]], ms_per_image=_r(1000 / best, 2),
                             includes="plan (CSV, scan, split) + decode + resize + sha256 + shard writes"))
+        # Where the time goes (best of 2 passes over a subset): what any preprocessing must add to
+        # decoding bounds the ratio from above.
+        sub = paths[:40]
+        parts = {size: min((breakdown(sub, size) for _ in range(2)), key=lambda b: b["decode_ms"])
+                 for size in (224, 512)}
         ratio = max(pre[224]) / best_dec
         rows.append(row("preprocess 224 / decode-only", ratio, "x", f">= {PREPROCESS_GOAL}x decode-only",
                         ratio >= PREPROCESS_GOAL, preprocess_224=_r(max(pre[224])),
-                        decode_only=_r(best_dec)))
+                        decode_only=_r(best_dec), per_image=parts[224]))
         rows.append(row("preprocess 512 / decode-only", max(pre[512]) / best_dec, "x",
-                        preprocess_512=_r(max(pre[512])), decode_only=_r(best_dec)))
+                        preprocess_512=_r(max(pre[512])), decode_only=_r(best_dec), per_image=parts[512]))
 
         # Loaders: the paper's per-epoch decode vs memory-mapped shards.
         naive = {size: naive_loader(paths, labels, size, naive_epochs) for size in (224, 512)}
-        shard = {size: shard_loader(scratch / f"pre-{size}" / "ds", loader_seconds, repeats)
+        shard = {size: shard_loader(scratch / f"pre-{size}" / "ds", loader_seconds, loader_repeats)
                  for size in (224, 512)}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

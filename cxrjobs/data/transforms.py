@@ -1,4 +1,10 @@
-"""Normalisation and augmentation on uint8 batches, on the training device, at load time."""
+"""uint8 batch -> normalised float batch for the model, with the paper's augmentation, on the
+training device at load time.
+
+Flips run on the uint8 batch (a quarter of the bytes of a float one), and brightness jitter is
+folded into the per-sample scale of the normalisation, so a batch costs one conversion, one
+multiply and one add.
+"""
 
 from __future__ import annotations
 
@@ -9,22 +15,38 @@ from cxrjobs.train.spec import Augment
 # Gray-level mean/std of ImageNet (the average of its RGB statistics), so ImageNet-initialised
 # ResNeXt weights see inputs on the scale they were trained on; harmless for random init.
 MEAN, STD = 0.449, 0.226
+SCALE, SHIFT = 1.0 / (255.0 * STD), -MEAN / STD
 
 
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    return (x.float() * (1.0 / 255.0) - MEAN) * (1.0 / STD)
+def _flip_rows(x: torch.Tensor, idx: torch.Tensor, dim: int) -> None:
+    """Flip samples `idx` of `x` in place along `dim` (negative)."""
+    if x.device.type == "cpu":
+        # numpy's strided copy is ~3x faster than torch.flip on uint8 on one core.
+        a, i = x.numpy(), idx.numpy()
+        reverse = (slice(None),) * (a.ndim + dim - 1) + (slice(None, None, -1),)
+        a[i] = a[i][(slice(None),) + reverse]
+    else:
+        x[idx] = x[idx].flip(dim)
 
 
-def augment(x: torch.Tensor, aug: Augment, gen: torch.Generator) -> torch.Tensor:
-    """Per-sample random flips (the paper's) and brightness jitter, drawn from `gen` so a
-    resumed epoch sees the same augmentations."""
+def prepare(x: torch.Tensor, aug: Augment | None = None, gen: torch.Generator | None = None) -> torch.Tensor:
+    """Normalise an uint8 [B, C, H, W] batch; with `aug`, first apply per-sample random flips and
+    brightness jitter drawn from `gen` (so a resumed epoch sees the same augmentations).
+    The input is not modified."""
     n = x.shape[0]
-    draws = torch.rand((n, 3), generator=gen).to(x.device)
-    shape = (n,) + (1,) * (x.dim() - 1)
-    if aug.hflip:
-        x = torch.where((draws[:, 0] < aug.hflip).view(shape), x.flip(-1), x)
-    if aug.vflip:
-        x = torch.where((draws[:, 1] < aug.vflip).view(shape), x.flip(-2), x)
-    if aug.brightness:
-        x = x * (1 + aug.brightness * (2 * draws[:, 2] - 1)).view(shape)
-    return x
+    scale = torch.full((n,), SCALE)
+    if aug is not None:
+        draws = torch.rand((n, 3), generator=gen)
+        flipped = False
+        for column, p, dim in ((0, aug.hflip, -1), (1, aug.vflip, -2)):
+            idx = torch.nonzero(draws[:, column] < p).flatten() if p else None
+            if idx is not None and len(idx):
+                if not flipped:
+                    x, flipped = x.clone(), True
+                _flip_rows(x, idx.to(x.device), dim)
+        if aug.brightness:
+            scale = scale * (1 + aug.brightness * (2 * draws[:, 2] - 1))
+    # Convert first, then scale in place: a mixed uint8 * float multiply is ~20x slower on CPU.
+    out = x.float()
+    out.mul_(scale.to(x.device).view((n,) + (1,) * (x.dim() - 1)))
+    return out.add_(SHIFT)

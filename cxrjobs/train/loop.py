@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 
 from cxrjobs.data.shards import ShardDataset, passthrough
-from cxrjobs.data.transforms import augment, normalize
+from cxrjobs.data.transforms import prepare
 from cxrjobs.errors import CxrError
 from cxrjobs.models import build_model, load_state_checked
 from cxrjobs.storage import ObjectStore, join_key
@@ -99,7 +99,7 @@ class Trainer:
 
     # -- one optimisation step over a rank's share of a global batch ---------------------------
     def step(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> float:
-        x = augment(normalize(x.to(self.ctx.device, non_blocking=True)), self.spec.augment, gen)
+        x = prepare(x.to(self.ctx.device, non_blocking=True), self.spec.augment, gen)
         y = y.to(self.ctx.device, non_blocking=True)
         self.opt.zero_grad(set_to_none=True)
         chunks = list(zip(x.split(self.micro), y.split(self.micro)))
@@ -149,7 +149,7 @@ class Trainer:
         mine = list(range(self.ctx.rank, len(ds), self.ctx.world_size))
         loader = DataLoader(ds, batch_size=self.micro, sampler=mine, collate_fn=passthrough)
         self.model.eval()
-        outs = [self.model(normalize(x.to(self.ctx.device))).float().cpu() for x, _ in loader]
+        outs = [self.model(prepare(x.to(self.ctx.device))).float().cpu() for x, _ in loader]
         logits = torch.cat(outs) if outs else torch.zeros((0, ds.num_classes))
         self.model.train()
         if self.ctx.distributed:

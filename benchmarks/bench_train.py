@@ -96,13 +96,22 @@ def rendezvous_seconds(run: str) -> list[float]:
     return [float(m) for p in logs for m in re.findall(r"rendezvous done in ([0-9.]+)s", p.read_text())]
 
 
-def ddp_scaling(ds: Path, stamp: str) -> list[dict]:
-    _, m1, _ = run_job(f"bench-ddp1-{stamp}", ds, 1, 32, 2)
-    _, m2, _ = run_job(f"bench-ddp2-{stamp}", ds, 2, 32, 2)
-    one = m1[-1]["train"]["images_per_second"]  # epoch 2: warm caches
-    two = m2[-1]["train"]["images_per_second"]
-    return [row("DDP scaling: 2 replicas x 1 thread / 1 x 1 (smallcnn 224, 32/replica)", two / one, "x",
-                ">= 1.8", two / one >= 1.8, one_replica_images_per_s=one, two_replicas_images_per_s=two)]
+def ddp_scaling(ds: Path, stamp: str, rounds: int, per_rank: int = 64) -> list[dict]:
+    """1 x 1 thread and 2 x 1 thread, interleaved for several rounds: this VM's speed drifts by
+    +-15 % over minutes, so each round's ratio compares runs made back to back."""
+    ratios, ones, twos = [], [], []
+    for r in range(rounds):
+        _, m1, _ = run_job(f"bench-ddp1-{stamp}-{r}", ds, 1, per_rank, 2)
+        _, m2, _ = run_job(f"bench-ddp2-{stamp}-{r}", ds, 2, per_rank, 2)
+        one = max(e["train"]["images_per_second"] for e in m1)
+        two = max(e["train"]["images_per_second"] for e in m2)
+        ones.append(one)
+        twos.append(two)
+        ratios.append(two / one)
+    ratio = sorted(ratios)[len(ratios) // 2]
+    return [row(f"DDP scaling: 2 replicas x 1 thread / 1 x 1 (smallcnn 224, {per_rank}/replica, "
+                f"median of {rounds})", ratio, "x", ">= 1.8", ratio >= 1.8, ratios=ratios,
+                one_replica_images_per_s=ones, two_replicas_images_per_s=twos)]
 
 
 def ten_replicas(ds: Path, stamp: str, epochs: int) -> list[dict]:
@@ -147,7 +156,7 @@ def run(quick: bool = False, workdir: Path = Path("benchmarks/results/work")) ->
     stamp = time.strftime("%H%M%S")
     ds = dataset(workdir, 600 if quick else 1500)
     rows = data_stall(ds, workdir, 10 if quick else 30)
-    rows += ddp_scaling(ds, stamp)
+    rows += ddp_scaling(ds, stamp, 1 if quick else 3)
     rows += ten_replicas(ds, stamp, 1 if quick else 2)
     rows += step_throughput(quick)
     return rows

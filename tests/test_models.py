@@ -60,3 +60,20 @@ def test_weights_file_is_loaded_without_unpickling_code(tmp_path):
 def test_smallcnn_refuses_pretrained():
     with pytest.raises(CxrError, match="no ImageNet weights"):
         build_model("smallcnn", 14, 224, pretrained="imagenet")
+
+
+def test_smallcnn_pool_before_relu_equals_the_papers_order():
+    from torch import nn
+    torch.manual_seed(0)
+    m = build_model("smallcnn", 3, 64)
+    c1, c2 = m.features[0], m.features[3]
+    paper = nn.Sequential(c1, nn.ReLU(), nn.MaxPool2d(2), c2, nn.ReLU(), nn.MaxPool2d(2), m.classifier)
+    x = torch.randn(4, 1, 64, 64)
+    ours = m(x)
+    ours.sum().backward()
+    g_ours = c1.weight.grad.clone()
+    c1.weight.grad = None
+    ref = paper(x)
+    ref.sum().backward()
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(g_ours, c1.weight.grad)

@@ -98,12 +98,13 @@ class Trainer:
         self.start_epoch = 0
 
     # -- one optimisation step over a rank's share of a global batch ---------------------------
-    def step(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> float:
+    def step(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Returns the summed loss as a 0-dim tensor on the device (no host sync per step)."""
         x = prepare(x.to(self.ctx.device, non_blocking=True), self.spec.augment, gen)
         y = y.to(self.ctx.device, non_blocking=True)
         self.opt.zero_grad(set_to_none=True)
         chunks = list(zip(x.split(self.micro), y.split(self.micro)))
-        total = 0.0
+        total = torch.zeros((), device=self.ctx.device)
         for i, (xc, yc) in enumerate(chunks):
             last = i == len(chunks) - 1
             # Gradient accumulation: only the last micro-batch triggers DDP's all-reduce.
@@ -111,7 +112,7 @@ class Trainer:
             with sync:
                 loss = self.loss(self.net(xc), yc)
                 (loss * (len(xc) / len(x))).backward()
-            total += float(loss.detach()) * len(xc)
+            total += loss.detach() * len(xc)
         self.opt.step()
         return total
 
@@ -182,7 +183,8 @@ class Trainer:
                 loss_sum += self.step(x, y, gen)
                 seen += len(x)
             train_seconds = time.perf_counter() - t0
-            totals = torch.tensor([loss_sum, seen], dtype=torch.float64)
+            # On the training device: NCCL reduces only CUDA tensors.
+            totals = torch.tensor([float(loss_sum), seen], dtype=torch.float64, device=ctx.device)
             if ctx.distributed:
                 dist.all_reduce(totals)
             lr = self.opt.param_groups[0]["lr"]
@@ -193,7 +195,7 @@ class Trainer:
             self.best_val = min(self.best_val, val["loss"])
             self.history.append({
                 "epoch": epoch + 1, "lr": lr,
-                "train": {**train.describe(), "loss": float(totals[0] / max(totals[1], 1)),
+                "train": {**train.describe(), "loss": float(totals[0]) / max(float(totals[1]), 1.0),
                           "images_seen": int(totals[1]), "seconds": train_seconds,
                           "images_per_second": float(totals[1]) / max(train_seconds, 1e-9)},
                 "val": val, "best": improved,

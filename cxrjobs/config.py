@@ -10,7 +10,7 @@ the config file, so they cannot end up in shell history, logs or manifests.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -42,7 +42,6 @@ class Settings:
     s3_secure: bool = False
     cache_dir: str | None = None
     state_dir: str | None = None
-    source: str = field(default="defaults", compare=False)
 
     @property
     def is_s3(self) -> bool:
@@ -81,7 +80,6 @@ def _truthy(v: object) -> bool:
 
 def load_settings() -> Settings:
     values: dict[str, object] = {}
-    source = "defaults"
     path = _config_file()
     if path is not None:
         data = yaml.safe_load(path.read_text()) or {}
@@ -96,7 +94,6 @@ def load_settings() -> Settings:
         if unknown:
             raise ConfigError(f"{path}: unknown settings {sorted(unknown)}; known: {sorted(FILE_KEYS)}")
         values.update(data)
-        source = str(path)
     env_map = {"CXRJOBS_STORE": "store", "CXRJOBS_S3_ENDPOINT": "s3_endpoint",
                "CXRJOBS_S3_SECURE": "s3_secure", "CXRJOBS_CACHE_DIR": "cache_dir",
                "CXRJOBS_STATE_DIR": "state_dir"}
@@ -105,7 +102,7 @@ def load_settings() -> Settings:
             values[key] = os.environ[env]
     if "s3_secure" in values:
         values["s3_secure"] = _truthy(values["s3_secure"])
-    settings = Settings(**values, source=source)  # type: ignore[arg-type]
+    settings = Settings(**values)  # type: ignore[arg-type]
     if settings.is_s3 and not settings.s3_endpoint:
         raise ConfigError(f"store {settings.store} is on S3 but no endpoint is set: "
                           "set CXRJOBS_S3_ENDPOINT (host:port of the MinIO/S3 server)")

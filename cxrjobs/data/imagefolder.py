@@ -7,7 +7,7 @@ import re
 
 import pandas as pd
 
-from cxrjobs.data.source import Source
+from cxrjobs.data.source import RECORD_COLUMNS, Source
 from cxrjobs.errors import DataError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
@@ -60,7 +60,7 @@ def read_imagefolder(root: str, class_map: dict[str, str] | None = None,
                 m = pattern.search(name) if pattern else None
                 patient = m.group(1) if m else stem
                 rows.append((f"{folder}__{name}", patient, path, label, ""))
-    records = pd.DataFrame(rows, columns=["image_id", "patient_id", "path", "labels", "view"])
+    records = pd.DataFrame(rows, columns=RECORD_COLUMNS)
     return Source(format="imagefolder", root=root, records=records, label_names=list(labels),
                   findings=list(labels), rejects=rejects,
                   params={"class_map": class_map, "patient_regex": patient_regex})

@@ -53,17 +53,6 @@ class LocalStore(ObjectStore):
             atomic_copy(src, dst)
         return ObjectInfo(check_key(key), dst.stat().st_size, None)
 
-    def move_file(self, key: str, path: str | Path) -> ObjectInfo:
-        """Like put_file, but renames when source and store share a filesystem (no copy)."""
-        dst = self._path(key)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.replace(path, dst)
-        except OSError:
-            atomic_copy(Path(path), dst)
-            Path(path).unlink(missing_ok=True)
-        return ObjectInfo(check_key(key), dst.stat().st_size, None)
-
     def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
         dst = self._path(key)
         atomic_write_bytes(dst, data)

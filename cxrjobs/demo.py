@@ -27,7 +27,8 @@ def run_demo(out: Path, count: int = 1200, size: int = 224, replicas: int = 2, e
     if not store.exists(join_key(dataset, "manifest.json")):
         console.print(f"[bold]2/3[/] preprocessing job ({replicas} replicas) -> {store.url}/{dataset}")
         job = resolve_job("preprocess", None, {"replicas": replicas, "preprocess": {
-            "output": dataset, "spec": {"source": str(raw.resolve()), "format": "nih", "size": size}}})
+            "output": dataset, "spec": {"source": str(raw.resolve()), "format": "nih", "size": size,
+                                           "shard_size": 256}}})  # several shards, so both replicas work
         _run(backend, job)
     else:
         console.print(f"[bold]2/3[/] dataset already preprocessed: {store.url}/{dataset}")

@@ -7,8 +7,8 @@ import sys
 from typing import Iterator
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn, TransferSpeedColumn)
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -26,12 +26,14 @@ class _Bar:
 
 
 @contextlib.contextmanager
-def bar(total: int, description: str, enabled: bool = True) -> Iterator[_Null | _Bar]:
+def bar(total: int, description: str, enabled: bool = True, in_bytes: bool = False) -> Iterator[_Null | _Bar]:
+    """A progress bar over `total` items (or bytes, with `in_bytes`), advanced with .advance(n)."""
     # A pod's log is not a terminal: rich's redraws would fill it with control codes.
     if not enabled or not sys.stderr.isatty():
         yield _Null()
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TimeRemainingColumn())
+    counts = (DownloadColumn(), TransferSpeedColumn()) if in_bytes else (MofNCompleteColumn(),)
+    columns = (TextColumn("{task.description}"), BarColumn(), *counts, TimeElapsedColumn(),
+               TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as p:
         yield _Bar(p, p.add_task(description, total=total))

@@ -78,6 +78,7 @@ class LocalBackend(Backend):
         if (d / "state.json").exists() and not self.status(plan.run).done:
             raise CxrError(f"run {plan.run} is already active; cancel it first or pick another --name")
         (d / "logs").mkdir(parents=True, exist_ok=True)
+        (d / "supervisor.pid").unlink(missing_ok=True)  # a previous attempt's
         write_json(d / "plan.json", {"job": plan.job.model_dump(mode="json"), "objects": plan.objects})
         write_json(d / "state.json", {"run": plan.run, "state": "Pending", "kind": plan.job.kind,
                                       "replicas": plan.job.replicas, "restarts": 0,
@@ -88,10 +89,15 @@ class LocalBackend(Backend):
             proc = subprocess.Popen([sys.executable, "-m", "cxrjobs.backends.local_supervisor", str(d)],
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     env=env, start_new_session=True, cwd=os.getcwd())
-        state = read_json(d / "state.json")
-        state["supervisor_pid"] = proc.pid
-        write_json(d / "state.json", state)
+        # Its own file: state.json belongs to the supervisor, which may already be writing it.
+        atomic_write_bytes(d / "supervisor.pid", str(proc.pid).encode())
         return self.status(plan.run)
+
+    def _supervisor_pid(self, run: str) -> int | None:
+        try:
+            return int((self._dir(run) / "supervisor.pid").read_text())
+        except (OSError, ValueError):
+            return None
 
     def status(self, run: str) -> JobStatus:
         path = self._dir(run) / "state.json"
@@ -100,12 +106,13 @@ class LocalBackend(Backend):
                            "`cxrjobs runs` lists them")
         s = read_json(path)
         state, message = s["state"], s.get("message", "")
-        if state not in TERMINAL and s.get("supervisor_pid") and not pid_alive(s["supervisor_pid"]):
+        pid = self._supervisor_pid(run)
+        if state not in TERMINAL and pid and not pid_alive(pid):
             # Re-read: the supervisor writes its final state just before it exits.
             s = read_json(path)
             state, message = s["state"], s.get("message", "")
             if state not in TERMINAL:
-                state, message = "Failed", f"supervisor process {s['supervisor_pid']} is gone ({message})"
+                state, message = "Failed", f"supervisor process {pid} is gone ({message})"
         return JobStatus(run=run, state=state, backend=self.name, kind=s.get("kind", ""),
                          replicas=s.get("replicas", 0), restarts=s.get("restarts", 0),
                          message=message, started=s.get("submitted"), finished=s.get("finished"),
@@ -142,7 +149,7 @@ class LocalBackend(Backend):
         if st.done:
             return st
         s = read_json(self._dir(run) / "state.json")
-        pid = s.get("supervisor_pid")
+        pid = self._supervisor_pid(run)
         if pid_alive(pid):
             os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + 30

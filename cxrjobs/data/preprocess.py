@@ -16,7 +16,6 @@ import io
 import json
 import multiprocessing as mp
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -101,25 +100,6 @@ def _shard_key(prefix: str, k: int, ext: str) -> str:
     return join_key(prefix, f"shards/shard-{k:05d}.{ext}")
 
 
-def put_via_temp(store: ObjectStore, key: str, write) -> None:
-    """Write with `write(fileobj)` to a temp file, then publish atomically under `key`."""
-    local = store.local_path(key)
-    directory = local.parent if local is not None else None
-    if directory is not None:
-        directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".tmp", prefix=".part-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        if local is not None:
-            os.replace(tmp, local)
-        else:
-            store.put_file(key, tmp)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _csv_bytes(df: pd.DataFrame) -> bytes:
     return df.to_csv(index=False).encode()
 
@@ -154,8 +134,8 @@ def run_slice(spec: PreprocessSpec, store: ObjectStore, prefix: str, workers: in
                 "excluded": src.excluded}
     store.put_text(join_key(prefix, "plan.json"), json.dumps(plan_doc, indent=1, sort_keys=True))
     if shard_index == 0:
-        put_via_temp(store, join_key(prefix, "ingest-rejects.csv"),
-                     lambda f: f.write(_csv_bytes(pd.DataFrame(src.rejects, columns=REJECT_COLUMNS))))
+        store.put_bytes(join_key(prefix, "ingest-rejects.csv"),
+                        _csv_bytes(pd.DataFrame(src.rejects, columns=REJECT_COLUMNS)))
     mine = [k for k in range(total_shards) if k % num_shards == shard_index]
     todo = [k for k in mine if not store.exists(_shard_key(prefix, k, "csv"))]
     todo_rec = rec[rec["shard"].isin(todo)]
@@ -189,12 +169,11 @@ def run_slice(spec: PreprocessSpec, store: ObjectStore, prefix: str, workers: in
 
 def _write_shard(store, prefix, k, size, arrays, rows, rejects) -> None:
     stack = np.stack(arrays) if arrays else np.zeros((0, size, size), np.uint8)
-    put_via_temp(store, _shard_key(prefix, k, "npy"), lambda f: np.save(f, stack))
-    put_via_temp(store, _shard_key(prefix, k, "rejects.csv"),
-                 lambda f: f.write(_csv_bytes(pd.DataFrame(rejects, columns=REJECT_COLUMNS))))
+    store.put_stream(_shard_key(prefix, k, "npy"), lambda f: np.save(f, stack))
+    store.put_bytes(_shard_key(prefix, k, "rejects.csv"),
+                    _csv_bytes(pd.DataFrame(rejects, columns=REJECT_COLUMNS)))
     # Written last: its presence is what marks shard k complete.
-    put_via_temp(store, _shard_key(prefix, k, "csv"),
-                 lambda f: f.write(_csv_bytes(pd.DataFrame(rows, columns=INDEX_COLUMNS))))
+    store.put_bytes(_shard_key(prefix, k, "csv"), _csv_bytes(pd.DataFrame(rows, columns=INDEX_COLUMNS)))
 
 
 def missing_shards(store: ObjectStore, prefix: str) -> list[int]:
@@ -219,8 +198,8 @@ def merge(store: ObjectStore, prefix: str) -> dict:
     rejects = pd.concat([read(join_key(prefix, "ingest-rejects.csv"))] +
                         [read(_shard_key(prefix, k, "rejects.csv")) for k in range(n)], ignore_index=True)
     check_patient_disjoint(index)
-    put_via_temp(store, join_key(prefix, "index.csv"), lambda f: f.write(_csv_bytes(index)))
-    put_via_temp(store, join_key(prefix, "rejects.csv"), lambda f: f.write(_csv_bytes(rejects)))
+    store.put_bytes(join_key(prefix, "index.csv"), _csv_bytes(index))
+    store.put_bytes(join_key(prefix, "rejects.csv"), _csv_bytes(rejects))
     spec = plan_doc["spec"]
     manifest = {
         "format": plan_doc["format"],

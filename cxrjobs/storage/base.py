@@ -7,10 +7,12 @@ Keys are '/'-separated relative paths (like S3 keys). Two implementations: a loc
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from cxrjobs.errors import StoreError
 
@@ -82,6 +84,17 @@ class ObjectStore(ABC):
         """The object's sha256, or None when it is missing or the store does not know it."""
         info = self.stat(key)
         return info.sha256 if info else None
+
+    def put_stream(self, key: str, write: Callable[[BinaryIO], object]) -> None:
+        """Publish what `write(fileobj)` writes (np.save, torch.save) under `key`, atomically,
+        without holding it all in memory: via a temp file, then put_file."""
+        fd, tmp = tempfile.mkstemp(suffix=".tmp", prefix=".part-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+            self.put_file(key, tmp)
+        finally:
+            os.unlink(tmp)
 
     def exists(self, key: str) -> bool:
         return self.stat(key) is not None

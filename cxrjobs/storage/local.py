@@ -6,18 +6,19 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from cxrjobs.errors import StoreError
 from cxrjobs.storage.base import ObjectInfo, ObjectStore, check_key, sha256_file
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Readers see the old file or the new one, never a part: temp file beside it + rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -26,16 +27,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))
+
+
 def atomic_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with open(src, "rb") as source:
+        atomic_write(dst, lambda f: shutil.copyfileobj(source, f, 1 << 20))
 
 
 class LocalStore(ObjectStore):
@@ -52,6 +50,9 @@ class LocalStore(ObjectStore):
         if src.resolve() != dst.resolve():
             atomic_copy(src, dst)
         return ObjectInfo(check_key(key), dst.stat().st_size, None)
+
+    def put_stream(self, key: str, write) -> None:
+        atomic_write(self._path(key), write)  # beside the target: publishing is a rename, not a copy
 
     def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
         dst = self._path(key)

@@ -12,16 +12,12 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from rich.console import Console
-from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                           TransferSpeedColumn)
-
 from cxrjobs.errors import StoreError
+from cxrjobs.progress import bar as progress_bar
 from cxrjobs.storage.base import ObjectStore, check_key, join_key, sha256_file
 from cxrjobs.storage.local import atomic_write_bytes
 
@@ -54,17 +50,6 @@ def _skip_local(name: str) -> bool:
     return (name.startswith(".") and name.endswith(".tmp")) or name == MANIFEST
 
 
-def _progress(enabled: bool, label: str, total: int):
-    if not enabled:
-        return nullcontext(None)
-    # stderr, so the progress bar never mixes with output a caller might parse.
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                   TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
-                   transient=True)
-    bar.add_task(label, total=total)
-    return bar
-
-
 def _run(jobs: Iterable, work: Callable, workers: int, bar) -> tuple[int, int, int]:
     """Run `work(job) -> (transferred: bool, nbytes)` in parallel. The first failure stops the
     remaining jobs (`stop` also stops those a worker would pick up before we can cancel them)
@@ -91,8 +76,7 @@ def _run(jobs: Iterable, work: Callable, workers: int, bar) -> tuple[int, int, i
                 moved, nbytes = res
                 done[0 if moved else 1] += 1
                 done[2] += nbytes if moved else 0
-                if bar is not None:
-                    bar.advance(bar.task_ids[0], nbytes)
+                bar.advance(nbytes)
         except BaseException:
             stop.set()
             for f in futures:
@@ -124,7 +108,7 @@ def upload_dir(local_dir: str | Path, store: ObjectStore, prefix: str, workers: 
         return True, size
 
     t0 = time.monotonic()
-    with _progress(progress, f"upload {root.name or root}", sum(j[2] for j in jobs)) as bar:
+    with progress_bar(sum(j[2] for j in jobs), f"upload {root.name or root}", progress, in_bytes=True) as bar:
         moved, skipped, nbytes = _run(jobs, push, workers, bar)
     return SyncSummary(moved, skipped, nbytes, time.monotonic() - t0)
 
@@ -183,7 +167,8 @@ def download_prefix(store: ObjectStore, prefix: str, dest_dir: str | Path, worke
 
     t0 = time.monotonic()
     try:
-        with _progress(progress, f"download {want or store.url}", sum(o.size for o, _ in jobs)) as bar:
+        with progress_bar(sum(o.size for o, _ in jobs), f"download {want or store.url}", progress,
+                          in_bytes=True) as bar:
             moved, skipped, nbytes = _run(jobs, pull, workers, bar)
     finally:
         # Saved even after a failure, so the files that did arrive are not re-hashed next time.

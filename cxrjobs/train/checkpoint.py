@@ -9,7 +9,6 @@ import tempfile
 
 import torch
 
-from cxrjobs.data.preprocess import put_via_temp
 from cxrjobs.storage import ObjectStore
 
 
@@ -37,7 +36,7 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 
 def save(store: ObjectStore, key: str, obj: dict) -> None:
-    put_via_temp(store, key, lambda f: torch.save(obj, f))
+    store.put_stream(key, lambda f: torch.save(obj, f))
 
 
 def load(store: ObjectStore, key: str) -> dict | None:

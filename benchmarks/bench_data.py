@@ -136,7 +136,7 @@ def shard_loader(root: Path, min_seconds: float, repeats: int) -> dict:
 
     from cxrjobs.data.shards import ShardDataset, passthrough
     from cxrjobs.data.transforms import prepare
-    from cxrjobs.train.spec import Augment
+    from cxrjobs.specs.train import Augment
 
     ds = ShardDataset(root, split=None)
     loader = DataLoader(ds, batch_size=64, sampler=RandomSampler(ds, generator=torch.Generator().manual_seed(0)),

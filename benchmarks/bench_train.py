@@ -22,7 +22,8 @@ def row(name, value, unit, goal=None, ok=None, **details):
 
 
 def dataset(workdir: Path, count: int) -> Path:
-    from cxrjobs.data.preprocess import PreprocessSpec, preprocess
+    from cxrjobs.data.preprocess import preprocess
+    from cxrjobs.specs.preprocess import PreprocessSpec
     from cxrjobs.data.synth import synth_nih
     from cxrjobs.storage import LocalStore
 
@@ -40,7 +41,7 @@ def data_stall(ds: Path, workdir: Path, batches: int) -> list[dict]:
     from cxrjobs.storage import LocalStore
     from cxrjobs.train.distributed import DistContext
     from cxrjobs.train.loop import Run, Trainer
-    from cxrjobs.train.spec import TrainSpec
+    from cxrjobs.specs.train import TrainSpec
     from torch.utils.data import DataLoader, RandomSampler
 
     from cxrjobs.data.shards import passthrough

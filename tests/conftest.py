@@ -90,7 +90,8 @@ def shared_data():
 def phantom_nih_64(tmp_path_factory):
     """A preprocessed phantom NIH dataset (600 images, 64 px): small enough for multi-process
     training tests, with class patterns a small CNN learns."""
-    from cxrjobs.data.preprocess import PreprocessSpec, preprocess
+    from cxrjobs.data.preprocess import preprocess
+    from cxrjobs.specs.preprocess import PreprocessSpec
     from cxrjobs.data.synth import synth_nih
     from cxrjobs.storage import LocalStore
 

@@ -69,7 +69,7 @@ def test_training_reads_dataset_and_writes_run_through_s3(phantom_nih_64, s3_env
     from cxrjobs.storage.sync import upload_dir
     from cxrjobs.train.distributed import DistContext
     from cxrjobs.train.loop import Run, Trainer
-    from cxrjobs.train.spec import TrainSpec
+    from cxrjobs.specs.train import TrainSpec
     import torch
 
     monkeypatch.setenv("CXRJOBS_CACHE_DIR", str(tmp_path / "cache"))

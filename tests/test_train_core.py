@@ -10,7 +10,7 @@ import torch
 from cxrjobs.storage import join_key
 from cxrjobs.train.distributed import DistContext
 from cxrjobs.train.loop import Run, Trainer, default_threads
-from cxrjobs.train.spec import TrainSpec
+from cxrjobs.specs.train import TrainSpec
 
 SOLO = DistContext(0, 1, torch.device("cpu"), None)
 

@@ -1,7 +1,7 @@
 import torch
 
 from cxrjobs.data.transforms import MEAN, STD, prepare
-from cxrjobs.train.spec import Augment
+from cxrjobs.specs.train import Augment
 
 
 def reference(x, draws, aug):

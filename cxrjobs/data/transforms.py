@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from cxrjobs.train.spec import Augment
+from cxrjobs.specs.train import Augment
 
 # Gray-level mean/std of ImageNet (the average of its RGB statistics), so ImageNet-initialised
 # ResNeXt weights see inputs on the scale they were trained on; harmless for random init.

@@ -1,7 +1,7 @@
 """A job: a kind, its payload spec, and how many replicas run it with what failure policy.
 
-The same JobSpec is rendered by every backend (local processes now, Kubernetes Indexed Jobs
-later) and stored as runs/<name>/spec.json, which each replica reads at start.
+The same JobSpec is rendered by every backend (local processes, Kubernetes Indexed Jobs) and
+stored as runs/<name>/spec.json, which each replica reads at start. Light: no torch or pandas.
 """
 
 from __future__ import annotations
@@ -9,15 +9,22 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cxrjobs.data.preprocess import PreprocessSpec
-from cxrjobs.train.spec import TrainSpec
+from cxrjobs.jobs.registry import KINDS
+from cxrjobs.specs.preprocess import PreprocessSpec
+from cxrjobs.specs.train import TrainSpec
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?$")  # a valid Kubernetes Job name
-JobKind = Literal["nih-train", "preprocess"]
+NAME_RULE = "lower-case letters, digits and '-', at most 52 characters, starting and ending alphanumeric"
+
+
+def check_run_name(name: str) -> str:
+    """Every command that takes a run name goes through this (it becomes a path and an object name)."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ValueError(f"name {name!r}: use {NAME_RULE} (it becomes a Kubernetes object name)")
+    return name
 
 
 def new_run_id(kind: str) -> str:
@@ -32,27 +39,32 @@ class PreprocessJob(BaseModel):
 
 
 class JobSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    kind: JobKind
+    kind: str
     name: str
     replicas: int = Field(1, ge=1, le=1024)
     backoff_limit: int = Field(3, ge=0, description="group restarts after a replica fails")
     rendezvous_timeout: float = Field(300.0, gt=0, description="seconds to wait for all replicas")
+    # Payloads: the registry says which one a kind needs.
     train: TrainSpec | None = None
     preprocess: PreprocessJob | None = None
 
     @model_validator(mode="after")
     def _payload(self):
-        if not NAME_RE.match(self.name):
-            raise ValueError(f"name {self.name!r}: use lower-case letters, digits and '-', at most "
-                             "52 characters (it becomes a Kubernetes object name)")
-        need = {"nih-train": "train", "preprocess": "preprocess"}[self.kind]
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown job kind {self.kind!r}; known: {sorted(KINDS)}")
+        check_run_name(self.name)
+        need = KINDS[self.kind].payload
         if getattr(self, need) is None:
             raise ValueError(f"a {self.kind} job needs a '{need}' section")
         return self
 
     @property
+    def payload(self) -> BaseModel:
+        return getattr(self, KINDS[self.kind].payload)
+
+    @property
     def distributed(self) -> bool:
-        """Replicas rendezvous (torch.distributed) only for training; preprocess slices don't."""
-        return self.kind != "preprocess" and self.replicas > 1
+        """Replicas rendezvous (torch.distributed) only for kinds that say so."""
+        return KINDS[self.kind].rendezvous and self.replicas > 1

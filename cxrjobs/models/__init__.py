@@ -9,7 +9,7 @@ from torch import nn
 
 from cxrjobs.errors import CxrError
 
-MODELS = ("smallcnn", "resnext50", "densenet121")
+from cxrjobs.specs.train import MODEL_NAMES as MODELS
 
 
 def build_model(name: str, num_classes: int, image_size: int, pretrained: str | None = None) -> nn.Module:

@@ -30,7 +30,7 @@ from cxrjobs.storage import ObjectStore, join_key
 from cxrjobs.train import checkpoint
 from cxrjobs.train.distributed import DistContext
 from cxrjobs.train.metrics import headline, loss_fn, summarize
-from cxrjobs.train.spec import TrainSpec
+from cxrjobs.specs.train import TrainSpec
 
 
 @dataclass(frozen=True)

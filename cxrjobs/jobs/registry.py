@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import import_module
-from typing import Callable
+from typing import Callable, Literal
 
 from cxrjobs.errors import ConfigError
 
@@ -22,6 +22,9 @@ class JobKind:
     runner: str           # "module:function" taking (job: JobSpec, store: ObjectStore)
     rendezvous: bool      # replicas form one torch.distributed group (else independent slices)
     help: str
+    # How a cluster runs it: an Indexed Job of `replicas` pods, or a RayJob (one driver, whose
+    # `replicas` are Ray worker pods; the local backend runs the driver as one process).
+    workload: Literal["indexed-job", "ray-job"] = "indexed-job"
 
     def load_runner(self) -> Callable:
         module, _, func = self.runner.partition(":")

@@ -112,3 +112,19 @@ def local_env(tmp_path, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("CXRJOBS_STORE", str(tmp_path / "store"))
     return open_store()
+
+
+@pytest.fixture(scope="session")
+def phantom_covid_32(tmp_path_factory):
+    """A preprocessed phantom COVID dataset (160 images, 32 px): the smallest real training input
+    (binary objective), for tests that run many short trainings (Tune trials)."""
+    from cxrjobs.data.preprocess import preprocess
+    from cxrjobs.specs.preprocess import PreprocessSpec
+    from cxrjobs.data.synth import synth_covid
+    from cxrjobs.storage import LocalStore
+
+    root = tmp_path_factory.mktemp("phantom-covid")
+    synth_covid(root / "raw", 160, size=64, seed=3)
+    spec = PreprocessSpec(source=str(root / "raw"), format="covid", size=32, fractions=(0.6, 0.2, 0.2))
+    preprocess(spec, LocalStore(root / "ds32"), "", show_progress=False)
+    return root / "ds32"

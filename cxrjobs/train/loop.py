@@ -55,13 +55,20 @@ def resolve_dataset(data: str, store: ObjectStore) -> Path:
     return materialize(store, data, load_settings().local_cache)
 
 
+class StopTraining(Exception):
+    """Raised by an on_epoch_end callback to end fit() early and cleanly (e.g. a Tune scheduler)."""
+
+
 def default_threads(world_size: int) -> int:
     return max(1, len(os.sched_getaffinity(0)) // world_size)
 
 
 class Trainer:
-    def __init__(self, spec: TrainSpec, run: Run, ctx: DistContext, log=print):
+    def __init__(self, spec: TrainSpec, run: Run, ctx: DistContext, log=print, on_epoch_end=None):
+        """on_epoch_end(trainer, record): called on every rank after each epoch, once rank 0 has
+        written that epoch's checkpoint; it may raise StopTraining (on every rank alike)."""
         self.spec, self.run, self.ctx, self.log = spec, run, ctx, log
+        self.on_epoch_end = on_epoch_end
         torch.set_num_threads(spec.threads or default_threads(ctx.world_size))
         if spec.deterministic:
             torch.use_deterministic_algorithms(True)
@@ -121,14 +128,43 @@ class Trainer:
         if ckpt is None:
             return
         load_state_checked(self.model, ckpt["model"], self.run.key("checkpoints/latest.pt"))
-        self.opt.load_state_dict(ckpt["optimizer"])
-        if self.sched is not None and ckpt.get("scheduler"):
-            self.sched.load_state_dict(ckpt["scheduler"])
-        checkpoint.set_rng_state(ckpt["rng"])
         self.start_epoch = int(ckpt["epoch"])
+        self._restore_optimizer(ckpt)
+        checkpoint.set_rng_state(ckpt["rng"])
         self.history = json.loads(ckpt["history"])
         self.best_val = float(ckpt["best_val_loss"])
         self.log(f"resumed from checkpoint: {self.start_epoch} of {self.spec.epochs} epochs done")
+
+    def _restore_optimizer(self, ckpt: dict) -> None:
+        """Optimizer and scheduler state from a checkpoint, then the spec's hyper-parameters on top:
+        under PBT the checkpoint is a donor's and the spec holds the explored values. A change of
+        optimizer type keeps the weights and starts fresh optimizer state."""
+        spec, groups = self.spec, ckpt["optimizer"]["param_groups"]
+        saved_type = "adam" if "betas" in groups[0] else "sgd"
+        if saved_type == spec.optimizer:
+            self.opt.load_state_dict(ckpt["optimizer"])
+        else:
+            self.log(f"optimizer changed from {saved_type} to {spec.optimizer}: fresh optimizer state")
+        if self.sched is not None:
+            if ckpt.get("scheduler"):
+                self.sched.load_state_dict(ckpt["scheduler"])
+            else:
+                self.sched.last_epoch = self.start_epoch
+        same = (saved_type == spec.optimizer and all(g.get("initial_lr", g["lr"]) == spec.lr for g in self.opt.param_groups)
+                and (self.sched is None or (self.sched.step_size, self.sched.gamma) == (spec.step_size, spec.gamma)))
+        for g in self.opt.param_groups:
+            g["weight_decay"] = spec.weight_decay
+            if "momentum" in g:
+                g["momentum"] = spec.momentum
+            if self.sched is not None:
+                g["initial_lr"] = spec.lr
+            if not same:  # unchanged: keep the restored lr bit for bit
+                decays = self.sched.last_epoch // spec.step_size if self.sched is not None else 0
+                g["lr"] = spec.lr * spec.gamma ** decays
+        if self.sched is not None:
+            self.sched.step_size, self.sched.gamma = spec.step_size, spec.gamma
+            self.sched.base_lrs = [spec.lr] * len(self.opt.param_groups)
+            self.sched._last_lr = [g["lr"] for g in self.opt.param_groups]
 
     def _checkpoint(self, epoch: int, improved: bool) -> None:
         state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
@@ -205,7 +241,20 @@ class Trainer:
                 self.log(f"epoch {epoch + 1}/{spec.epochs} train_loss {self.history[-1]['train']['loss']:.4f} "
                          f"val_loss {val['loss']:.4f} {headline(val)} "
                          f"{self.history[-1]['train']['images_per_second']:.0f} img/s{' *best' if improved else ''}")
+            if self.on_epoch_end is not None and self._epoch_end():
+                break
         return self._finish()
+
+    def _epoch_end(self) -> bool:
+        """Runs the on_epoch_end callback; True when it asks to stop."""
+        if self.ctx.distributed:
+            dist.barrier()  # the epoch's checkpoint is written before any rank reports it
+        try:
+            self.on_epoch_end(self, self.history[-1])
+        except StopTraining as stop:
+            self.log(f"stopped after epoch {len(self.history)} of {self.spec.epochs}: {stop or 'by callback'}")
+            return True
+        return False
 
     def _finish(self) -> dict:
         result = {"run": self.run.run_id, "epochs": len(self.history), "best_val_loss": self.best_val}

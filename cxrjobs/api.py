@@ -6,20 +6,25 @@ import json
 
 from cxrjobs.backends import SubmitPlan, get_backend
 from cxrjobs.backends.base import JobStatus
-from cxrjobs.errors import CxrError
+from cxrjobs.errors import ConfigError, CxrError
 from cxrjobs.jobs.spec import JobSpec
-from cxrjobs.storage import ObjectStore, join_key, open_store
+from cxrjobs.storage import LocalStore, ObjectStore, join_key, open_store
 
 
 def submit(job: JobSpec, backend: str = "local", dry_run: bool = False,
-           store: ObjectStore | None = None) -> SubmitPlan | JobStatus:
+           store: ObjectStore | None = None, kube=None) -> SubmitPlan | JobStatus:
     """Store the resolved spec as runs/<name>/spec.json (the replicas read it), then schedule.
-    Re-submitting the same spec under the same name continues that run from its checkpoint."""
-    be = get_backend(backend)
+    Re-submitting the same spec under the same name continues that run from its checkpoint.
+    `kube`: KubeOptions for the kubernetes backend."""
+    be = get_backend(backend, kube)
     plan = be.submit_dryrun(job)
     if dry_run:
         return plan
     store = store or open_store()
+    if be.needs_shared_store and isinstance(store, LocalStore):
+        raise ConfigError(f"the {be.name} backend's pods cannot read the local store {store.url}: set "
+                          "CXRJOBS_STORE=s3://BUCKET/PREFIX and CXRJOBS_S3_ENDPOINT to the MinIO/S3 "
+                          "store the cluster's ConfigMap names (upload data with `cxrjobs data upload`)")
     key = join_key("runs", job.name, "spec.json")
     text = job.model_dump_json(indent=1)
     if store.exists(key):
@@ -40,9 +45,9 @@ def run_metrics(run: str, store: ObjectStore | None = None) -> list[dict]:
     return [json.loads(line) for line in store.get_text(key).splitlines() if line.strip()]
 
 
-def run_status(run: str, backend: str = "local") -> dict:
+def run_status(run: str, backend: str = "local", kube=None) -> dict:
     """Backend state plus training progress (epoch, last metrics) from the store."""
-    st = get_backend(backend).status(run).to_dict()
+    st = get_backend(backend, kube).status(run).to_dict()
     store = open_store()
     metrics = run_metrics(run, store)
     if metrics:

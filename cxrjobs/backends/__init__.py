@@ -1,18 +1,22 @@
-"""Where replicas run: one Backend interface, a local-process implementation (the default);
-the Kubernetes one renders the same JobSpec into Indexed Jobs."""
+"""Where replicas run: one Backend interface, a local-process implementation (the default) and
+a Kubernetes one that renders the same JobSpec into Indexed Jobs (or KubeRay RayJobs)."""
 
 from __future__ import annotations
 
 from cxrjobs.backends.base import Backend, JobStatus, SubmitPlan
 from cxrjobs.errors import ConfigError
 
-BACKENDS = ("local",)
+BACKENDS = ("local", "kubernetes")
 
 
-def get_backend(name: str = "local") -> Backend:
+def get_backend(name: str = "local", kube=None) -> Backend:
+    """`kube`: KubeOptions for the kubernetes backend (namespace, images, resources, ...)."""
     if name == "local":
         from cxrjobs.backends.local import LocalBackend
         return LocalBackend()
+    if name == "kubernetes":
+        from cxrjobs.backends.kubernetes.backend import KubernetesBackend
+        return KubernetesBackend(kube)
     raise ConfigError(f"unknown backend {name!r}; available: {list(BACKENDS)}")
 
 

@@ -10,19 +10,20 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
+from cxrjobs.backends.states import TERMINAL_STATES, RunState
 from cxrjobs.config import Settings
 from cxrjobs.errors import CxrError
 from cxrjobs.jobs.spec import JobSpec
 
-TERMINAL = ("Succeeded", "Failed", "Cancelled")
-STATES = ("Pending", "Running", "Restarting") + TERMINAL
+TERMINAL = tuple(s.value for s in RunState if s in TERMINAL_STATES)
+STATES = tuple(s.value for s in RunState)
 ENTRYPOINT = ["-m", "cxrjobs.jobs.entrypoint"]
 
 
 @dataclass
 class JobStatus:
     run: str
-    state: str
+    state: RunState
     backend: str
     kind: str = ""
     replicas: int = 0
@@ -38,6 +39,7 @@ class JobStatus:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        d["state"] = str(self.state)
         d.update(d.pop("extra"))
         return d
 
@@ -49,27 +51,49 @@ class SubmitPlan:
     backend: str
     job: JobSpec
     objects: list[dict]
+    text_format: str = "json"  # how --dry-run prints it: "json" (processes) or "yaml" (manifests)
 
     def to_dict(self) -> dict:
         return {"run": self.run, "backend": self.backend, "objects": self.objects}
 
+    def render_text(self) -> str:
+        """What --dry-run prints: the plan as JSON, or the objects as a multi-document YAML
+        stream that `kubectl apply -f -` takes."""
+        if self.text_format == "yaml":
+            import yaml
+            return yaml.safe_dump_all(self.objects, sort_keys=False, default_flow_style=False)
+        import json
+        return json.dumps(self.to_dict(), indent=1, default=str)
 
-def replica_env(job: JobSpec, index: int, master_addr: str, master_port: int | str,
-                settings: Settings) -> dict[str, str]:
-    """The pod environment of replica `index` (secrets excluded: those come from a Secret)."""
-    env = {
-        "CXRJOBS_RUN_ID": job.name,
-        "JOB_COMPLETION_INDEX": str(index),
-        "WORLD_SIZE": str(job.replicas),
-        "MASTER_ADDR": master_addr,
-        "MASTER_PORT": str(master_port),
-        "PYTHONUNBUFFERED": "1",
-    }
+
+def pod_env(job: JobSpec, master_addr: str | None, master_port: int | str) -> dict[str, str]:
+    """The environment every replica of `job` shares: one pod template's `env` on Kubernetes.
+    No store settings (a ConfigMap there) and no secrets (a Secret). No MASTER_* without a
+    master address (replicas that never rendezvous)."""
+    env = {"CXRJOBS_RUN_ID": job.name, "WORLD_SIZE": str(job.replicas)}
+    if master_addr is not None:
+        env.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
+    env["PYTHONUNBUFFERED"] = "1"
     threads = job.train.threads if job.train and job.train.threads else None
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    env.update(settings.job_env())
     return env
+
+
+def local_index_env(index: int, replicas: int) -> dict[str, str]:
+    """What only a local process needs to be told: its index (on Kubernetes the Job controller
+    sets JOB_COMPLETION_INDEX in each pod) and, as torchrun does, its place among the replicas
+    that share this host (so GPUs are assigned per rank)."""
+    return {"JOB_COMPLETION_INDEX": str(index), "LOCAL_RANK": str(index),
+            "LOCAL_WORLD_SIZE": str(replicas)}
+
+
+def replica_env(job: JobSpec, index: int, master_addr: str, master_port: int | str,
+                settings: Settings) -> dict[str, str]:
+    """A local replica's environment: the shared pod environment, the store settings and the
+    per-index variables (secrets excluded: the backend passes those from its own environment)."""
+    return {**pod_env(job, master_addr, master_port), **settings.job_env(),
+            **local_index_env(index, job.replicas)}
 
 
 def replica_command() -> list[str]:
@@ -78,6 +102,8 @@ def replica_command() -> list[str]:
 
 class Backend(ABC):
     name: str
+    # Replicas run elsewhere and reach run data only through a shared (S3/MinIO) store.
+    needs_shared_store: bool = False
 
     @abstractmethod
     def submit_dryrun(self, job: JobSpec) -> SubmitPlan: ...

@@ -18,6 +18,7 @@ from typing import Iterator
 
 from cxrjobs.backends.base import (TERMINAL, Backend, JobStatus, SubmitPlan, replica_command,
                                    replica_env)
+from cxrjobs.backends.states import local_state
 from cxrjobs.config import SECRET_ENV, Settings, load_settings
 from cxrjobs.errors import CxrError
 from cxrjobs.jobs.spec import JobSpec
@@ -64,10 +65,8 @@ class LocalBackend(Backend):
         return self.root / run
 
     def submit_dryrun(self, job: JobSpec) -> SubmitPlan:
-        # All replicas share this host: LOCAL_* as torchrun sets them, so GPUs are assigned per rank.
-        local = lambda i: {"LOCAL_RANK": str(i), "LOCAL_WORLD_SIZE": str(job.replicas)}
         objects = [{"kind": "Process", "replica": i, "command": replica_command(),
-                    "env": {**replica_env(job, i, "127.0.0.1", PORT_PLACEHOLDER, self.settings), **local(i)},
+                    "env": replica_env(job, i, "127.0.0.1", PORT_PLACEHOLDER, self.settings),
                     "secret_env": [k for k in SECRET_ENV if os.environ.get(k)],
                     "log": str(self._dir(job.name) / "logs" / f"replica-{i}.log")}
                    for i in range(job.replicas)]
@@ -113,7 +112,7 @@ class LocalBackend(Backend):
             state, message = s["state"], s.get("message", "")
             if state not in TERMINAL:
                 state, message = "Failed", f"supervisor process {pid} is gone ({message})"
-        return JobStatus(run=run, state=state, backend=self.name, kind=s.get("kind", ""),
+        return JobStatus(run=run, state=local_state(state), backend=self.name, kind=s.get("kind", ""),
                          replicas=s.get("replicas", 0), restarts=s.get("restarts", 0),
                          message=message, started=s.get("submitted"), finished=s.get("finished"),
                          extra={"attempt": s.get("attempt", 0), "pids": s.get("pids", [])})

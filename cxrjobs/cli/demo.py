@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
         Example: cxrjobs demo --out demo-out
         """
         from cxrjobs.demo import run_demo
-        from cxrjobs.train.metrics import headline
+        from cxrjobs.headline import headline
 
         st = run_demo(out_dir, replicas=replicas, epochs=epochs)
         test = st.get("result", {}).get("test")

@@ -10,19 +10,29 @@ from rich.table import Table
 from cxrjobs import api
 from cxrjobs.backends import get_backend
 from cxrjobs.cli.common import out, print_json
-from cxrjobs.train.metrics import headline
+from cxrjobs.cli.kube import build_options, namespace_option
+from cxrjobs.headline import headline
 
-BACKEND = typer.Option("local", help="backend the run was submitted to")
+BACKEND = typer.Option("local", help="backend the run was submitted to: local | kubernetes")
+NAMESPACE = namespace_option()
+
+
+def _kube(backend: str, namespace: str):
+    return build_options({"namespace": namespace}) if backend == "kubernetes" else None
+
+
+def _backend(backend: str, namespace: str):
+    return get_backend(backend, _kube(backend, namespace))
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
-    def runs(backend: str = BACKEND, as_json: bool = typer.Option(False, "--json")):
+    def runs(backend: str = BACKEND, namespace: str = NAMESPACE, as_json: bool = typer.Option(False, "--json")):
         """List runs and their states.
 
-        Example: cxrjobs runs
+        Example: cxrjobs runs --backend kubernetes --namespace cxr
         """
-        items = [s.to_dict() for s in get_backend(backend).list()]
+        items = [s.to_dict() for s in _backend(backend, namespace).list()]
         if as_json:
             print_json(items)
             return
@@ -32,12 +42,13 @@ def register(app: typer.Typer) -> None:
         out.print(t)
 
     @app.command()
-    def status(run: str, backend: str = BACKEND, as_json: bool = typer.Option(False, "--json")):
+    def status(run: str, backend: str = BACKEND, namespace: str = NAMESPACE,
+               as_json: bool = typer.Option(False, "--json")):
         """State (Pending/Running/Restarting/Succeeded/Failed/Cancelled), epoch and last metrics.
 
         Example: cxrjobs status nih-train-20260101-120000-ab12 --json
         """
-        st = api.run_status(run, backend)
+        st = api.run_status(run, backend, _kube(backend, namespace))
         if as_json:
             print_json(st)
             return
@@ -53,19 +64,20 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def logs(run: str, replica: Optional[int] = typer.Option(None, help="one replica (default all)"),
-             follow: bool = typer.Option(False, "-f", "--follow"), backend: str = BACKEND):
+             follow: bool = typer.Option(False, "-f", "--follow"), backend: str = BACKEND,
+             namespace: str = NAMESPACE):
         """Print (or follow) replica logs.
 
         Example: cxrjobs logs RUN --replica 0 -f
         """
-        for line in get_backend(backend).logs(run, replica, follow):
+        for line in _backend(backend, namespace).logs(run, replica, follow):
             print(line, end="", flush=True)
 
     @app.command()
-    def cancel(run: str, backend: str = BACKEND):
-        """Stop every replica of a run.
+    def cancel(run: str, backend: str = BACKEND, namespace: str = NAMESPACE):
+        """Stop every replica of a run (on Kubernetes: delete its Job or RayJob, pods first).
 
         Example: cxrjobs cancel RUN
         """
-        st = get_backend(backend).cancel(run)
+        st = _backend(backend, namespace).cancel(run)
         out.print(f"{run}: {st.state}")

@@ -11,21 +11,26 @@ from cxrjobs import api
 from cxrjobs.backends import get_backend
 from cxrjobs.backends.base import JobStatus
 from cxrjobs.cli.common import out, print_json
+from cxrjobs.cli.kube import current as kube_options, kubernetes_options
 from cxrjobs.jobs.resolve import resolve_job
 
 app = typer.Typer(no_args_is_help=True, help="Submit a job: nih-train, preprocess.")
 
-BACKEND = typer.Option("local", help="where replicas run: local (processes on this machine)")
+BACKEND = typer.Option("local", help="where replicas run: local (processes on this machine) | kubernetes")
 WAIT = typer.Option(False, "--wait", help="stream replica 0's log and wait for the end")
 JSON = typer.Option(False, "--json", help="print one JSON object (run, state, ...)")
-DRY = typer.Option(False, "--dry-run", help="print what would run (processes / Kubernetes objects) and exit")
+DRY = typer.Option(False, "--dry-run", help="print what would run and exit: processes (JSON) or Kubernetes objects (YAML)")
 SPEC = typer.Option(None, "-f", "--spec", help="YAML spec; flags override its values")
 
 
 def _finish(job, backend: str, wait: bool, as_json: bool, dry_run: bool) -> None:
-    result = api.submit(job, backend, dry_run=dry_run)
+    kube = kube_options()
+    result = api.submit(job, backend, dry_run=dry_run, kube=kube)
     if dry_run:
-        print_json(result.to_dict())
+        if as_json:
+            print_json(result.to_dict())
+        else:
+            print(result.render_text().rstrip("\n"))
         return
     assert isinstance(result, JobStatus)
     if not wait:
@@ -35,11 +40,11 @@ def _finish(job, backend: str, wait: bool, as_json: bool, dry_run: bool) -> None
             out.print(f"submitted {job.name} ({job.kind}, {job.replicas} replicas) on {backend}; "
                       f"follow with `cxrjobs logs {job.name} -f`")
         return
-    be = get_backend(backend)
+    be = get_backend(backend, kube)
     if not as_json:
         for line in be.logs(job.name, replica=0, follow=True):
             print(line, end="", flush=True)
-    final = api.run_status(job.name, backend)
+    final = api.run_status(job.name, backend, kube)
     if as_json:
         print_json(final)
     else:
@@ -50,6 +55,7 @@ def _finish(job, backend: str, wait: bool, as_json: bool, dry_run: bool) -> None
 
 
 @app.command("nih-train")
+@kubernetes_options
 def nih_train(replicas: Optional[int] = typer.Option(None, help="processes / pods (default 1)"),
               data: Optional[str] = typer.Option(None, help="dataset: store prefix datasets/NAME or local folder"),
               model: Optional[str] = typer.Option(None, help="smallcnn | resnext50 | densenet121"),
@@ -91,6 +97,7 @@ def nih_train(replicas: Optional[int] = typer.Option(None, help="processes / pod
 
 
 @app.command("preprocess")
+@kubernetes_options
 def preprocess(source: str = typer.Argument(..., help="dataset folder readable by every replica"),
                format: Optional[str] = typer.Option(None, "--format", help="nih | covid | imagefolder"),
                size: Optional[int] = typer.Option(None),

@@ -29,7 +29,8 @@ from cxrjobs.models import build_model, load_state_checked
 from cxrjobs.storage import ObjectStore, join_key
 from cxrjobs.train import checkpoint
 from cxrjobs.train.distributed import DistContext
-from cxrjobs.train.metrics import headline, loss_fn, summarize
+from cxrjobs.headline import headline
+from cxrjobs.train.metrics import loss_fn, summarize
 from cxrjobs.specs.train import TrainSpec
 
 

@@ -81,12 +81,3 @@ def summarize(objective: str, logits: torch.Tensor, targets: torch.Tensor, patie
     if probs.shape[1] == 2:
         out["auroc"] = _point_ci(weighted_auroc(probs[:, 1], y == 1, weights))
     return out
-
-
-def headline(m: dict) -> str:
-    """'mean_auroc 0.712 [0.650, 0.770] (val: 169 images, 27 patients)'"""
-    name = "mean_auroc" if "mean_auroc" in m else "accuracy"
-    v = m[name]
-    val = "n/a" if v["value"] is None else f"{v['value']:.3f}"
-    ci = f" [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]" if v["ci"] else ""
-    return f"{name} {val}{ci} ({m['split']}: {m['images']} images, {m['patients']} patients)"

@@ -59,3 +59,41 @@ def run_status(run: str, backend: str = "local", kube=None) -> dict:
         st["result"] = json.loads(store.get_text(result_key))
     st["artifacts"] = f"{store.url}/{join_key('runs', run)}"
     return st
+
+
+def collect_run(run: str, dest: str, checkpoints: bool = False, workers: int = 8,
+                progress: bool = True, store: ObjectStore | None = None) -> dict:
+    """Download a run's artifacts (spec, metrics, results, evaluation plots, reports, logs; the
+    checkpoints only when asked) from the store into `dest`, each verified by sha256, and write
+    `dest/SHA256SUMS`. Files already there with a matching checksum are skipped, so a rerun only
+    fetches what is missing or changed."""
+    from pathlib import Path
+
+    from cxrjobs.jobs.spec import check_run_name
+    from cxrjobs.storage.sync import MANIFEST, download_prefix
+
+    try:
+        check_run_name(run)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    store = store or open_store()
+    prefix = join_key("runs", run)
+    if next(iter(store.list(prefix)), None) is None:
+        raise CxrError(f"no run {run!r} in store {store.url} (nothing under {prefix}/)")
+
+    def include(rel: str) -> bool:
+        return checkpoints or not rel.startswith("checkpoints/")
+
+    summary = download_prefix(store, prefix, dest, workers=workers, progress=progress,
+                              include=include, verify=True)
+    root = Path(dest)
+    manifest = json.loads((root / MANIFEST).read_text())
+    files = sorted(rel for rel in manifest if include(rel))
+    sums = "".join(f"{manifest[rel]['sha256']}  {rel}\n" for rel in files)
+    (root / "SHA256SUMS").write_text(sums)
+    skipped_ckpt = 0 if checkpoints else sum(1 for o in store.list(join_key(prefix, "checkpoints")))
+    return {"run": run, "source": f"{store.url}/{prefix}", "dest": str(root.resolve()),
+            "files": len(files), "downloaded": summary.transferred, "already_there": summary.skipped,
+            "bytes": summary.bytes, "seconds": round(summary.seconds, 3),
+            "checkpoints_skipped": skipped_ckpt, "checksums": str((root / "SHA256SUMS").resolve()),
+            "summary": summary.line()}

@@ -114,9 +114,11 @@ def upload_dir(local_dir: str | Path, store: ObjectStore, prefix: str, workers: 
 
 
 def download_prefix(store: ObjectStore, prefix: str, dest_dir: str | Path, workers: int = 8,
-                    progress: bool = True) -> SyncSummary:
+                    progress: bool = True, include: Callable[[str], bool] | None = None,
+                    verify: bool = False) -> SyncSummary:
     """Download every object under `prefix` to `dest_dir/<key relative to prefix>` (an object
-    named exactly `prefix` lands at `dest_dir/<its last segment>`)."""
+    named exactly `prefix` lands at `dest_dir/<its last segment>`). `include(relative path)`
+    selects objects; `verify` checks each downloaded file's sha256 against the store's."""
     dest = Path(dest_dir)
     want = check_key(prefix) if prefix.strip("/") else ""
     manifest_path = dest / MANIFEST
@@ -135,6 +137,8 @@ def download_prefix(store: ObjectStore, prefix: str, dest_dir: str | Path, worke
             rel = obj.key.rsplit("/", 1)[-1]
         else:
             rel = obj.key[len(want) + 1:]
+        if include is not None and not include(rel):
+            continue
         jobs.append((obj, check_key(rel)))  # a foreign key with '..' must not escape dest
     dest.mkdir(parents=True, exist_ok=True)
 
@@ -160,9 +164,16 @@ def download_prefix(store: ObjectStore, prefix: str, dest_dir: str | Path, worke
                 return False, obj.size
         store.get_file(obj.key, path)
         st = path.stat()
+        got = sha256_file(path) if verify or not remote else remote
+        if verify:
+            remote = remote or store.checksum(obj.key)
+            if remote is not None and got != remote:
+                path.unlink(missing_ok=True)
+                raise StoreError(f"{obj.key}: downloaded sha256 {got[:12]}... does not match the "
+                                 f"store's {remote[:12]}...; the object changed or the transfer was "
+                                 "corrupted; run again")
         with lock:
-            manifest[rel] = {"size": st.st_size, "sha256": remote or sha256_file(path),
-                             "mtime": st.st_mtime_ns}
+            manifest[rel] = {"size": st.st_size, "sha256": got, "mtime": st.st_mtime_ns}
         return True, st.st_size
 
     t0 = time.monotonic()

@@ -128,3 +128,19 @@ def phantom_covid_32(tmp_path_factory):
     spec = PreprocessSpec(source=str(root / "raw"), format="covid", size=32, fractions=(0.6, 0.2, 0.2))
     preprocess(spec, LocalStore(root / "ds32"), "", show_progress=False)
     return root / "ds32"
+
+
+# --- Kubernetes ----------------------------------------------------------------------------------
+
+@pytest.fixture
+def ray_kind():
+    """A test-only job kind whose workload is a KubeRay RayJob (a train payload), registered for
+    one test: RayJob rendering is tested without depending on which real kinds use it."""
+    from cxrjobs.jobs.registry import KINDS, JobKind, register
+
+    kind = register(JobKind("ray-test", "train", "cxrjobs.jobs.runners:run_train", False,
+                            "test-only RayJob kind", workload="ray-job"))
+    try:
+        yield kind.name
+    finally:
+        KINDS.pop(kind.name, None)

@@ -144,13 +144,16 @@ def job_state(job: dict, pods: list[dict] = ()) -> tuple[RunState, str]:
             c = true[ctype]
             reason = c.get("reason") or ""
             words = JOB_FAILED_REASONS.get(reason, "")
+            if state is RunState.SUCCEEDED:
+                return state, ""
             msg = "; ".join(x for x in (words, c.get("message") or "") if x)
             return state, msg or reason or ctype
     failed = int(status.get("failed") or 0)
     phases = [pod_state(p) for p in latest_pods(pods)]
     restarts = f"{failed} replica pod(s) failed so far; the Job recreates them" if failed else ""
-    if failed and (not phases or RunState.PENDING in phases or RunState.FAILED in phases):
-        return RunState.RESTARTING, restarts
+    # A replica's newest pod failed (or was evicted) and its replacement is not running yet.
+    if RunState.FAILED in phases or (failed and (not phases or RunState.PENDING in phases)):
+        return RunState.RESTARTING, restarts or "a replica pod ended; the Job recreates it"
     if RunState.RUNNING in phases:
         return RunState.RUNNING, restarts
     return (RunState.RESTARTING if failed else RunState.PENDING), restarts

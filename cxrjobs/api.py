@@ -25,6 +25,7 @@ def submit(job: JobSpec, backend: str = "local", dry_run: bool = False,
         raise ConfigError(f"the {be.name} backend's pods cannot read the local store {store.url}: set "
                           "CXRJOBS_STORE=s3://BUCKET/PREFIX and CXRJOBS_S3_ENDPOINT to the MinIO/S3 "
                           "store the cluster's ConfigMap names (upload data with `cxrjobs data upload`)")
+    be.preflight(store)
     key = join_key("runs", job.name, "spec.json")
     text = job.model_dump_json(indent=1)
     if store.exists(key):

@@ -73,6 +73,7 @@ class FakeCluster:
         self.services: dict[tuple[str, str], dict] = {}
         self.rayjobs: dict[tuple[str, str], dict] = {}
         self.pods: dict[tuple[str, str], dict] = {}
+        self.config_maps: dict[tuple[str, str], dict] = {}
         self.logs: dict[tuple[str, str], str] = {}
         self.calls: list[tuple] = []
         self.lock = threading.RLock()
@@ -227,6 +228,10 @@ class _Core:
     def create_namespaced_service(self, namespace, body):
         self.c._call("create_namespaced_service", namespace, body)
         return self.c._new(self.c.services, namespace, body)
+
+    def read_namespaced_config_map(self, name, namespace):
+        self.c._call("read_namespaced_config_map", name, namespace)
+        return self.c._get(self.c.config_maps, namespace, name)
 
     def list_namespaced_pod(self, namespace, label_selector=None):
         self.c._call("list_namespaced_pod", namespace, label_selector)

@@ -227,3 +227,21 @@ def test_missing_kuberay_is_a_clear_error(cluster, backend, ray_kind):
 def test_kubernetes_backend_refuses_a_local_store(local_env):
     with pytest.raises(ConfigError, match="cannot read the local store"):
         api.submit(train_job(), "kubernetes", kube=KubeOptions(namespace=NS))
+
+
+def test_submit_through_the_api_writes_the_spec_then_creates_the_job(cluster, backend, s3_env, monkeypatch):
+    monkeypatch.setattr("cxrjobs.backends.kubernetes.client.connect", lambda: backend.api)
+    kube = KubeOptions(namespace=NS)
+    job = train_job("api-run")
+    with pytest.raises(CxrError, match="ConfigMap cxr/cxrjobs-config not found"):
+        api.submit(job, "kubernetes", kube=kube)
+    cluster.config_maps[(NS, "cxrjobs-config")] = {"metadata": {"name": "cxrjobs-config"},
+                                                   "data": {"CXRJOBS_STORE": "s3://elsewhere/x"}}
+    with pytest.raises(CxrError, match="would not find it"):
+        api.submit(job, "kubernetes", kube=kube)
+    assert not cluster.jobs and not s3_env.exists("runs/api-run/spec.json")  # nothing half-done
+    cluster.config_maps[(NS, "cxrjobs-config")]["data"]["CXRJOBS_STORE"] = s3_env.url + "/"
+    st = api.submit(job, "kubernetes", kube=kube)
+    assert st.state is RunState.PENDING and (NS, "api-run") in cluster.jobs
+    assert s3_env.exists("runs/api-run/spec.json")
+    assert api.run_status("api-run", "kubernetes", kube)["state"] == "Pending"

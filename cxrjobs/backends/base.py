@@ -111,6 +111,9 @@ class Backend(ABC):
     @abstractmethod
     def schedule(self, plan: SubmitPlan) -> JobStatus: ...
 
+    def preflight(self, store) -> None:
+        """Checks before a submission writes anything (the run's spec goes to `store`)."""
+
     def submit(self, job: JobSpec, dry_run: bool = False) -> SubmitPlan | JobStatus:
         plan = self.submit_dryrun(job)
         return plan if dry_run else self.schedule(plan)

@@ -57,6 +57,25 @@ class KubernetesBackend(Backend):
     def submit_dryrun(self, job: JobSpec) -> SubmitPlan:
         return SubmitPlan(job.name, self.name, job, render(job, self.options), text_format="yaml")
 
+    def preflight(self, store) -> None:
+        """The pods read the run's spec from the store their ConfigMap names: it must be the
+        store this submission writes to (endpoints may differ: in-cluster DNS vs a port-forward)."""
+        name = self.options.config_map
+        cm = self.api.get_config_map(self.ns, name)
+        if cm is None:
+            raise CxrError(
+                f"ConfigMap {self.ns}/{name} not found; the pods take their store settings from it. "
+                "Install the Helm chart, or: kubectl -n {ns} create configmap {name} "
+                "--from-literal=CXRJOBS_STORE={store} --from-literal=CXRJOBS_S3_ENDPOINT=HOST:PORT "
+                "(and a Secret {secret} with CXRJOBS_S3_ACCESS_KEY / CXRJOBS_S3_SECRET_KEY)".format(
+                    ns=self.ns, name=name, store=store.url, secret=self.options.secret))
+        theirs = ((cm.get("data") or {}).get("CXRJOBS_STORE") or "").rstrip("/")
+        if theirs != store.url.rstrip("/"):
+            raise CxrError(
+                f"ConfigMap {self.ns}/{name} gives the pods CXRJOBS_STORE={theirs or '(unset)'}, but this "
+                f"submission writes the run to {store.url}; the pods would not find it. Set "
+                f"CXRJOBS_STORE={theirs} here, or fix the ConfigMap")
+
     def schedule(self, plan: SubmitPlan) -> JobStatus:
         for obj in plan.objects:
             if obj["kind"] in ("Job", "RayJob"):

@@ -91,6 +91,10 @@ class KubeApi:
         return self._get(lambda: self.custom.get_namespaced_custom_object(*RAY[:2], ns, RAY[2], name),
                          f"cannot read RayJob {ns}/{name}")
 
+    def get_config_map(self, ns: str, name: str) -> dict | None:
+        return self._get(lambda: self.core.read_namespaced_config_map(name, ns),
+                         f"cannot read ConfigMap {ns}/{name}")
+
     def list_jobs(self, ns: str, selector: str) -> list[dict]:
         got = self._get(lambda: self.batch.list_namespaced_job(ns, label_selector=selector),
                         f"cannot list Jobs in {ns}")

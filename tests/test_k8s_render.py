@@ -218,10 +218,7 @@ def test_every_kind_has_a_golden_case():
     assert not missing, f"add a golden case to CASES for {sorted(missing)}"
 
 
-@pytest.mark.parametrize("kind", sorted(CASES))
-def test_dry_run_matches_golden_file(kind):
-    path = GOLDEN / f"{kind}.yaml"
-    text = _golden_text(kind)
+def _check_golden(path: Path, text: str) -> None:
     if os.environ.get("UPDATE_GOLDEN"):
         path.parent.mkdir(exist_ok=True)
         path.write_text(text)
@@ -229,6 +226,17 @@ def test_dry_run_matches_golden_file(kind):
     assert text == path.read_text(), f"{path} differs from the dry-run; if intended, rerun with UPDATE_GOLDEN=1"
     for obj in yaml.safe_load_all(text):  # the files themselves are valid manifests
         validate(obj)
+
+
+@pytest.mark.parametrize("kind", sorted(CASES))
+def test_dry_run_matches_golden_file(kind):
+    _check_golden(GOLDEN / f"{kind}.yaml", _golden_text(kind))
+
+
+def test_rayjob_dry_run_matches_golden_file(ray_kind):
+    from cxrjobs.backends.kubernetes.backend import KubernetesBackend
+    job = resolve_job(ray_kind, None, {"name": "golden-ray-job", "replicas": 4, "train": {"data": "datasets/x"}})
+    _check_golden(GOLDEN / "ray-job.yaml", KubernetesBackend(KubeOptions(namespace="cxr")).submit_dryrun(job).render_text())
 
 
 def test_cli_dry_run_prints_the_golden_yaml(local_env):

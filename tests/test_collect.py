@@ -56,3 +56,25 @@ def test_collect_downloads_verifies_and_resumes(s3_env, tmp_path):
 def test_collect_unknown_run_is_a_clear_error(s3_env, tmp_path):
     res = runner.invoke(app, ["collect", "nope", "-o", str(tmp_path / "o")])
     assert res.exit_code != 0 and "no run 'nope'" in str(res.exception)
+
+
+def test_a_corrupted_transfer_is_detected_and_not_kept(tmp_path):
+    """verify=True (what collect uses): a download whose bytes do not hash to the store's sha256
+    is an error naming the object, and the bad file is removed."""
+    import pytest
+
+    from cxrjobs.errors import StoreError
+    from cxrjobs.storage import LocalStore
+    from cxrjobs.storage.sync import download_prefix
+
+    class Flaky(LocalStore):
+        def get_file(self, key, path):
+            super().get_file(key, path)
+            with open(path, "ab") as f:
+                f.write(b"!")  # a transfer that went wrong
+
+    store = Flaky(tmp_path / "store")
+    store.put_bytes("runs/r1/metrics.jsonl", b"{}\n")
+    with pytest.raises(StoreError, match="runs/r1/metrics.jsonl: downloaded sha256"):
+        download_prefix(store, "runs/r1", tmp_path / "out", progress=False, verify=True)
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()

@@ -78,6 +78,29 @@ def _truthy(v: object) -> bool:
     return str(v).strip().lower() in ("1", "true", "yes", "on")
 
 
+def _endpoint(text: str, secure: object) -> tuple[str, bool]:
+    """'host:port', 'http://host:port' or 'https://host:port' -> ('host:port', TLS?). A scheme sets
+    TLS; CXRJOBS_S3_SECURE / s3_secure may repeat it but not contradict it."""
+    text = text.strip()
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        rest, scheme = text, None
+    elif scheme.lower() not in ("http", "https"):
+        raise ConfigError(f"CXRJOBS_S3_ENDPOINT {text!r}: scheme {scheme!r} is not http or https; "
+                          "give host:port, http://host:port or https://host:port")
+    host = rest.rstrip("/")
+    if not host or "/" in host or "?" in host or "@" in host:
+        raise ConfigError(f"CXRJOBS_S3_ENDPOINT {text!r}: expected host:port with at most an http:// "
+                          "or https:// scheme, no path or credentials (e.g. http://minio:9000)")
+    if scheme is None:
+        return host, bool(secure)
+    tls = scheme.lower() == "https"
+    if secure is not None and bool(secure) != tls:
+        raise ConfigError(f"CXRJOBS_S3_ENDPOINT {text!r} says {scheme} but CXRJOBS_S3_SECURE (s3_secure) "
+                          f"says TLS {'on' if secure else 'off'}; drop one of them or make them agree")
+    return host, tls
+
+
 def load_settings() -> Settings:
     values: dict[str, object] = {}
     path = _config_file()
@@ -102,6 +125,8 @@ def load_settings() -> Settings:
             values[key] = os.environ[env]
     if "s3_secure" in values:
         values["s3_secure"] = _truthy(values["s3_secure"])
+    if values.get("s3_endpoint"):
+        values["s3_endpoint"], values["s3_secure"] = _endpoint(str(values["s3_endpoint"]), values.get("s3_secure"))
     settings = Settings(**values)  # type: ignore[arg-type]
     if settings.is_s3 and not settings.s3_endpoint:
         raise ConfigError(f"store {settings.store} is on S3 but no endpoint is set: "

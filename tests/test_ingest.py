@@ -391,3 +391,141 @@ def test_imagefolder_errors(tmp_path):
         read_imagefolder(str(tmp_path / "nope"))
     with pytest.raises(DataError, match="no class folders"):
         read_imagefolder(str(tmp_path))
+
+
+# ----------------------------------------------------------------------------- data integrity (issue 6)
+
+def make_covid(root: Path, rows: list[tuple[str, str, str]]) -> Path:
+    """COVID layout: metadata.csv (filename, patientid, covid, view) + the PNGs it names."""
+    root.mkdir(parents=True, exist_ok=True)
+    lines = ["filename,patientid,covid,view,modality"]
+    for name, pid, covid in rows:
+        lines.append(f"{name},{pid},{covid},PA,X-ray")
+        if not name.startswith("/") and ".." not in name:
+            write_png(root / name)
+    (root / "metadata.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def covid_rows(n: int = 12) -> list[tuple[str, str, str]]:
+    return [(f"img/{i:03d}.png", f"p{i}", str(i % 2)) for i in range(n)]
+
+
+def test_covid_duplicate_filename_rows_are_rejected_never_in_two_splits(tmp_path):
+    rows = covid_rows()
+    # the same image listed again under ANOTHER patient (it could land in train and in val), and
+    # an exact repeat of a row (harmless: kept once)
+    root = make_covid(tmp_path / "c", rows + [(rows[0][0], "p99", rows[0][2]), rows[1]])
+    src = read_covid(str(root))
+    ids = src.records["image_id"]
+    assert ids.is_unique
+    assert "img__000.png" not in set(ids)  # conflicting rows: every one rejected
+    assert (ids == "img__001.png").sum() == 1
+    reasons = [r for p, r in src.rejects]
+    assert sum("listed 2 times with different patient ids" in r for r in reasons) == 2
+    assert sum("duplicate row for this filename" in r for r in reasons) == 1
+    _, rec = plan(PreprocessSpec(source=str(root), format="covid", size=16, fractions=(0.5, 0.5, 0.0)))
+    assert rec["image_id"].is_unique and len(rec) == len(rows) - 1
+
+
+def test_imagefolder_same_name_in_nested_folders_gives_distinct_ids(tmp_path):
+    for sub in ("a", "b"):
+        write_png(tmp_path / "covid" / sub / "x.png")
+    write_png(tmp_path / "covid" / "x.png")
+    write_png(tmp_path / "normal" / "x.png")
+    src = read_imagefolder(str(tmp_path))
+    assert sorted(src.records["image_id"]) == ["covid__a__x.png", "covid__b__x.png", "covid__x.png",
+                                               "normal__x.png"]
+    # ids that still collide ('a/x.png' vs a file literally named 'a__x.png') are rejected, both
+    write_png(tmp_path / "covid" / "a__x.png")
+    src = read_imagefolder(str(tmp_path))
+    assert src.records["image_id"].is_unique and "covid__a__x.png" not in set(src.records["image_id"])
+    assert len([r for _, r in src.rejects if "listed 2 times" in r]) == 2
+
+
+def test_nih_same_file_name_in_two_images_folders_is_rejected(tmp_path):
+    rows = nih_rows(patients=4, per=2)
+    root = make_nih(tmp_path / "nih", rows)
+    copy = root / "images_002" / "images" / rows[0][0]
+    write_png(copy, value=200)  # another image under the same name: which one is labelled?
+    src = read_nih(str(root))
+    assert rows[0][0] not in set(src.records["image_id"]) and len(src.records) == len(rows) - 1
+    (reason,) = [r for p, r in src.rejects if p == rows[0][0]]
+    assert "2 folders" in reason and str(copy) in reason
+    assert len(src.rejects) == 1  # one reject for the row, not also "no row" for its copies
+
+
+def test_empty_patient_ids_are_rejected_not_merged(tmp_path):
+    rows = nih_rows(patients=4, per=2)
+    root = make_nih(tmp_path / "nih", rows)
+    csv = root / "Data_Entry_2017.csv"
+    lines = csv.read_text().splitlines()
+    for i in (1, 4):  # two different patients' rows lose their id
+        cells = lines[i].split(",")
+        cells[3] = " "
+        lines[i] = ",".join(cells)
+    csv.write_text("\n".join(lines) + "\n")
+    src = read_nih(str(root))
+    assert len(src.records) == len(rows) - 2 and (src.records["patient_id"] != "").all()
+    assert "0" not in set(src.records["patient_id"])
+    empty = [(p, r) for p, r in src.rejects if "empty 'Patient ID'" in r]
+    assert sorted(p for p, _ in empty) == sorted([rows[0][0], rows[3][0]])
+    # COVID: the same rule
+    croot = make_covid(tmp_path / "c", covid_rows(4) + [("img/x.png", "", "1")])
+    csrc = read_covid(str(croot))
+    assert "img__x.png" not in set(csrc.records["image_id"])
+    assert any("empty 'patientid'" in r for _, r in csrc.rejects)
+
+
+def test_nih_patient_ids_keep_leading_zero_rule(tmp_path):
+    root = make_nih(tmp_path / "nih", nih_rows(patients=2, per=1))
+    records, _ = read_nih_csv(str(root / "Data_Entry_2017.csv"))
+    assert list(records["patient_id"]) == ["1", "2"]  # '00001' -> '1', as before
+
+
+def test_covid_filename_outside_the_dataset_is_rejected(tmp_path):
+    secret = tmp_path / "secret.png"
+    write_png(secret)
+    root = make_covid(tmp_path / "c", covid_rows(4) + [(str(secret), "p8", "1"), ("../secret.png", "p9", "0"),
+                                                        ("img/../../secret.png", "p10", "0")])
+    src = read_covid(str(root))
+    assert len(src.records) == 4
+    assert not src.records["path"].str.contains("secret").any()
+    bad = [r for p, r in src.rejects if "secret" in p]
+    assert len(bad) == 3 and all("not a path inside the dataset folder" in r for r in bad)
+
+
+def test_symlinked_images_folder_is_followed(tmp_path):
+    rows = nih_rows(patients=3, per=2)
+    root = make_nih(tmp_path / "nih", rows, images=False)
+    elsewhere = tmp_path / "other-disk" / "images_002"
+    for r in rows:
+        write_png(elsewhere / "images" / r[0])
+    (root / "images_002").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "images" / "loop").symlink_to(elsewhere, target_is_directory=True)  # entered once
+    src = read_nih(str(root))
+    assert src.rejects == [] and len(src.records) == len(rows)
+    assert all(Path(p).is_file() for p in src.records["path"])
+
+
+NON_UTF8 = b"caf\xe9-1.png"  # Latin-1, not UTF-8
+
+
+def test_non_utf8_file_names_are_rejected_with_a_reason(tmp_path):
+    # imagefolder: the name would become an image id and crash the shard CSV
+    write_png(tmp_path / "if" / "covid" / "ok.png")
+    write_png(tmp_path / "if" / "normal" / "ok.png")
+    bad = (str(tmp_path / "if" / "covid").encode() + b"/" + NON_UTF8)
+    with open(bad, "wb") as f:
+        f.write((tmp_path / "if" / "covid" / "ok.png").read_bytes())
+    src = read_imagefolder(str(tmp_path / "if"))
+    assert len(src.records) == 2
+    (path, reason), = src.rejects
+    assert "not valid UTF-8" in reason and "caf\\xe9-1.png" in path
+    path.encode("utf-8")  # printable: it can be written to rejects.csv
+    # NIH: an unlisted file with such a name must not crash writing ingest-rejects.csv
+    root = make_nih(tmp_path / "nih", nih_rows(patients=2, per=1))
+    with open(str(root / "images_001" / "images").encode() + b"/" + NON_UTF8, "wb") as f:
+        f.write(b"x")
+    nsrc = read_nih(str(root))
+    assert len(nsrc.records) == 2 and [r for _, r in nsrc.rejects if "UTF-8" in r]

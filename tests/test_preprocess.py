@@ -325,3 +325,128 @@ def test_real_nih_sample(tmp_path):
     assert x.shape == (11, 1, 64, 64) and x.float().mean() > 20
     labels = index["labels"].str.split("|").explode().value_counts()
     assert labels["No Finding"] == 500 and labels["Hernia"] == 9
+
+
+# ----------------------------------------------------------------------------- reruns (issue 6.1)
+
+def test_rerun_with_other_options_is_refused_and_names_them(phantom, done, tmp_path):
+    root = tmp_path / "out"
+    shutil.copytree(done[0], root)
+    for n in range(2, 6):  # killed after 2 shards: a resume would otherwise fill in the rest
+        (root / "shards" / f"shard-{n:05d}.csv").unlink(missing_ok=True)
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    store = LocalStore(root)
+    with pytest.raises(DataError) as e:
+        run_slice(PreprocessSpec(source=str(phantom.out), format="nih", size=96, shard_size=SHARD, seed=3),
+                  store, "", show_progress=False)
+    msg = str(e.value)
+    assert "size: 64 there, 96 now" in msg and "seed: 0 there, 3 now" in msg
+    assert "--out" in msg and "--overwrite" in msg
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before  # nothing touched
+    # each output-affecting option is compared, one at a time
+    base = dict(source=str(phantom.out), format="nih", size=S, shard_size=SHARD)
+    for field, value in (("fit", "crop"), ("shard_size", SHARD + 1), ("fractions", (0.6, 0.2, 0.2)),
+                         ("source", str(tmp_path)), ("csv", "other.csv")):
+        with pytest.raises(DataError, match=f"{field}: "):
+            run_slice(PreprocessSpec(**{**base, field: value}), store, "", show_progress=False)
+    # --strict changes nothing that is written: the same output resumes
+    res = run_slice(spec_for(phantom.out, strict=False), store, "", show_progress=False)
+    assert res.shards_skipped >= 2
+
+
+def test_overwrite_replaces_an_output_made_with_other_options(phantom, done, tmp_path):
+    root = tmp_path / "out"
+    shutil.copytree(done[0], root)
+    (root / "notes.txt").write_text("the user's own file")
+    spec96 = PreprocessSpec(source=str(phantom.out), format="nih", size=96, shard_size=SHARD)
+    res, manifest = preprocess(spec96, LocalStore(root), "", show_progress=False, overwrite=True)
+    assert res.shards_skipped == 0 and manifest["image_size"] == 96
+    ds = ShardDataset(root)
+    assert ds.__getitems__(list(range(len(ds))))[0].shape[-1] == 96  # every shard is 96 px
+    assert {np.load(p).shape[1] for p in (root / "shards").glob("*.npy")} == {96}
+    assert (root / "notes.txt").read_text() == "the user's own file"
+    # overwrite with the SAME options resumes instead of redoing the work
+    again = run_slice(spec96, LocalStore(root), "", show_progress=False, overwrite=True)
+    assert again.shards_done == 0 and again.shards_skipped == manifest["num_shards"]
+
+
+def test_overwrite_of_a_sliced_run_waits_for_slice_0(phantom, done, tmp_path):
+    root = tmp_path / "out"
+    shutil.copytree(done[0], root)
+    spec = spec_for(phantom.out, seed=5)
+    with pytest.raises(DataError, match="run slice 0"):
+        run_slice(spec, LocalStore(root), "", shard_index=1, num_shards=2, show_progress=False,
+                  overwrite=True, wait=0)
+    run_slice(spec, LocalStore(root), "", shard_index=0, num_shards=2, show_progress=False, overwrite=True)
+    run_slice(spec, LocalStore(root), "", shard_index=1, num_shards=2, show_progress=False, overwrite=True)
+    manifest = merge(LocalStore(root), "")
+    assert manifest["parameters"]["seed"] == 5 and manifest["images"] == done[2]["images"]
+    assert read_index(root)["image_id"].is_unique
+    assert json.loads((root / "plan.json").read_text())["spec"]["seed"] == 5
+
+
+def test_rerun_after_the_source_changed_is_refused(phantom, tmp_path):
+    src = tmp_path / "nih"
+    shutil.copytree(phantom.out, src)
+    store = LocalStore(tmp_path / "out")
+    run_slice(spec_for(src), store, "", show_progress=False)
+    table = pd.read_csv(src / "Data_Entry_2017.csv", dtype=str)
+    table.iloc[:-3].to_csv(src / "Data_Entry_2017.csv", index=False)  # three rows dropped
+    with pytest.raises(DataError, match="the dataset changed since that run"):
+        run_slice(spec_for(src), store, "", show_progress=False)
+
+
+# ----------------------------------------------------------------------------- nothing accepted (6.6)
+
+def test_header_only_csv_is_an_error_not_an_empty_dataset(tmp_path):
+    src = tmp_path / "nih"
+    src.mkdir()
+    (src / "Data_Entry_2017.csv").write_text(
+        "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position\n")
+    with pytest.raises(DataError, match="no image to preprocess"):
+        preprocess(PreprocessSpec(source=str(src), format="nih", size=S), LocalStore(tmp_path / "o"), "",
+                   show_progress=False)
+    assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+def test_every_image_rejected_is_an_error_with_the_reasons(tmp_path):
+    s = synth_nih(tmp_path / "nih", 12, size=64, seed=1, special=False)
+    for p in s.out.rglob("*.png"):
+        p.write_bytes(b"not a png")
+    out = tmp_path / "o"
+    with pytest.raises(DataError) as e:
+        preprocess(spec_for(s.out), LocalStore(out), "", show_progress=False)
+    assert "0 images accepted, all 12 rejected" in str(e.value) and "rejects.csv" in str(e.value)
+    assert "not an image" in str(e.value)
+    assert len(pd.read_csv(out / "rejects.csv")) == 12 and not (out / "manifest.json").exists()
+    # all rejected at read time (no file matches its row) is refused before planning
+    for p in s.out.rglob("*.png"):
+        p.unlink()
+    with pytest.raises(DataError, match="all 12 were rejected, most often: 12 x listed in"):
+        preprocess(spec_for(s.out), LocalStore(tmp_path / "o2"), "", show_progress=False)
+    assert len(pd.read_csv(tmp_path / "o2" / "rejects.csv")) == 12
+
+
+# ----------------------------------------------------------------------------- odd file names (6.4)
+
+def test_non_utf8_file_name_is_rejected_without_a_partial_shard(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "if"
+    for cls in ("a", "b"):
+        for i in range(6):
+            (root / cls).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((32, 32), 40 * i, np.uint8)).save(root / cls / f"{i}.png")
+    good = (root / "a" / "0.png").read_bytes()
+    with open(str(root / "a").encode() + b"/caf\xe9.png", "wb") as f:
+        f.write(good)
+    out = tmp_path / "o"
+    for _ in range(2):  # a rerun behaves the same (it used to crash the same way every time)
+        _, manifest = preprocess(PreprocessSpec(source=str(root), format="imagefolder", size=16, shard_size=4),
+                                 LocalStore(out), "", show_progress=False)
+        assert manifest["images"] == 12 and manifest["rejected"] == 1
+    rejects = pd.read_csv(out / "rejects.csv")
+    assert "not valid UTF-8" in rejects["reason"][0] and "caf\\xe9.png" in rejects["path"][0]
+    shards = sorted(p.name for p in (out / "shards").iterdir())
+    assert len([n for n in shards if n.endswith(".npy")]) == len([n for n in shards if n.endswith(".csv")
+                                                                 and not n.endswith("rejects.csv")])

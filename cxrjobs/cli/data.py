@@ -10,18 +10,25 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from cxrjobs.cli.common import out, print_json, validation_error
-from cxrjobs.storage import LocalStore, ObjectStore, open_store
+from cxrjobs.errors import ConfigError
+from cxrjobs.storage import STORE_SCHEME, LocalStore, ObjectStore, open_location, open_store
 
 app = typer.Typer(no_args_is_help=True, help="Dataset commands: synth, preprocess, merge, upload, inspect.")
-
-STORE_SCHEME = "store://"
 
 
 def _dest(dest: str) -> tuple[ObjectStore, str]:
     """A local folder, or store://datasets/NAME in the configured object store."""
     if dest.startswith(STORE_SCHEME):
-        return open_store(), dest[len(STORE_SCHEME):]
+        return open_location(dest)
     return LocalStore(dest), ""
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--fractions {text!r}: expected three numbers train,val,test that sum to 1, "
+                          "e.g. 0.7,0.1,0.2") from None
 
 
 @app.command()
@@ -49,7 +56,7 @@ def synth(kind: str = typer.Argument(..., help="nih or covid"),
 
 
 @app.command()
-def preprocess(source: str = typer.Argument(..., help="dataset folder"),
+def preprocess(source: str = typer.Argument(..., help="dataset folder, or store://raw/NAME / s3://BUCKET/PREFIX"),
                format: str = typer.Option(..., "--format", help="nih | covid | imagefolder"),
                size: int = typer.Option(224, help="output side S (images become S x S)"),
                out_dest: str = typer.Option(..., "--out", help="local folder, or store://datasets/NAME"),
@@ -65,9 +72,12 @@ def preprocess(source: str = typer.Argument(..., help="dataset folder"),
                views: Optional[str] = typer.Option(None, help="covid: comma-separated views to keep"),
                class_map: Optional[str] = typer.Option(None, help="imagefolder: e.g. COVID=1,covid=1,NORMAL=0"),
                labels: Optional[str] = typer.Option(None, help="imagefolder: class names in order, e.g. non-COVID,COVID-19"),
-               patient_regex: Optional[str] = typer.Option(None, help="imagefolder: regex whose group 1 is the patient id")):
+               patient_regex: Optional[str] = typer.Option(None, help="imagefolder: regex whose group 1 is the patient id"),
+               overwrite: bool = typer.Option(False, "--overwrite", help="replace an output made with other options (else refused)")):
     """Decode, resize (longer side S, zero-pad to S x S) and pack images into uint8 shards with
-    index.csv, rejects.csv and manifest.json. Resumable: finished shards are skipped.
+    index.csv, rejects.csv and manifest.json. Resumable: finished shards are skipped when the
+    output was made with the same options; an output made with other options is refused unless
+    --overwrite. The source may be a store prefix uploaded with `data upload DIR --name raw/NAME`.
 
     Example: cxrjobs data preprocess ../shared/data/nih-sample --format nih --size 224 --out /tmp/nih-224
     """
@@ -76,13 +86,13 @@ def preprocess(source: str = typer.Argument(..., help="dataset folder"),
     try:
         spec = PreprocessSpec(
             source=source, format=format, size=size, fit=fit, strict=strict, seed=seed,
-            fractions=tuple(float(x) for x in fractions.split(",")), shard_size=shard_size, csv=csv,
+            fractions=_fractions(fractions), shard_size=shard_size, csv=csv,
             views=views.split(",") if views else None, class_map=class_map,
             labels=labels.split(",") if labels else None, patient_regex=patient_regex)
     except ValidationError as e:
         raise validation_error(e, "preprocess options") from None
     store, prefix = _dest(out_dest)
-    res = run_slice(spec, store, prefix, workers, shard_index, num_shards)
+    res = run_slice(spec, store, prefix, workers, shard_index, num_shards, overwrite=overwrite)
     where = f"{store.url}/{prefix}".rstrip("/")
     if num_shards == 1:
         m = merge(store, prefix)
@@ -110,19 +120,21 @@ def merge(dest: str = typer.Argument(..., help="local folder, or store://dataset
 
 @app.command()
 def upload(directory: Path = typer.Argument(..., help="raw or preprocessed dataset folder"),
-           name: Optional[str] = typer.Option(None, help="dataset name (default: the folder's name)"),
+           name: Optional[str] = typer.Option(None, help="NAME or datasets/NAME (preprocessed, the default), "
+                                                          "raw/NAME (a raw folder to preprocess from the store)"),
            workers: int = typer.Option(8, help="parallel uploads")):
-    """Upload a dataset folder to the configured store under datasets/NAME. Resumable: objects
-    whose size and checksum already match are skipped. Credentials come from the environment.
+    """Upload a dataset folder to the configured store: a preprocessed one under datasets/NAME,
+    a raw one under raw/NAME (then `cxrjobs submit preprocess store://raw/NAME ...`). Resumable:
+    objects whose size and checksum already match are skipped. Credentials come from the environment.
 
-    Example: CXRJOBS_STORE=s3://cxr/data cxrjobs data upload /tmp/nih-224 --name nih-224
+    Example: CXRJOBS_STORE=s3://cxr/data cxrjobs data upload ../shared/data/covid-xray --name raw/covid
     """
-    from cxrjobs.storage.sync import upload_dir
+    from cxrjobs.storage.sync import dataset_prefix, upload_dir
 
     if not directory.is_dir():
         raise typer.BadParameter(f"{directory} is not a folder", param_hint="DIRECTORY")
+    prefix = dataset_prefix(name or directory.resolve().name)
     store = open_store()
-    prefix = f"datasets/{name or directory.resolve().name}"
     summary = upload_dir(directory, store, prefix, workers=workers)
     out.print(f"{summary.line()} -> {store.url}/{prefix}")
 

@@ -13,6 +13,7 @@ from cxrjobs.backends.base import JobStatus
 from cxrjobs.cli.common import out, print_json
 from cxrjobs.cli.kube import current as kube_options, kubernetes_options
 from cxrjobs.jobs.resolve import resolve_job
+from cxrjobs.specs.preprocess import normalize_source
 
 app = typer.Typer(no_args_is_help=True, help="Submit a job: nih-train, preprocess.")
 
@@ -98,7 +99,8 @@ def nih_train(replicas: Optional[int] = typer.Option(None, help="processes / pod
 
 @app.command("preprocess")
 @kubernetes_options
-def preprocess(source: str = typer.Argument(..., help="dataset folder readable by every replica"),
+def preprocess(source: str = typer.Argument(..., help="dataset folder readable by every replica, or "
+                                                       "store://raw/NAME / s3://BUCKET/PREFIX"),
                format: Optional[str] = typer.Option(None, "--format", help="nih | covid | imagefolder"),
                size: Optional[int] = typer.Option(None),
                output: Optional[str] = typer.Option(None, help="store prefix (default datasets/<format>-<size>)"),
@@ -106,6 +108,7 @@ def preprocess(source: str = typer.Argument(..., help="dataset folder readable b
                workers: Optional[int] = typer.Option(None, help="decoding processes per replica"),
                fit: Optional[str] = typer.Option(None, help="pad | crop"),
                strict: Optional[bool] = typer.Option(None, "--strict/--no-strict"),
+               overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="replace an output made with other options"),
                name: Optional[str] = typer.Option(None, help="run id (default: generated)"),
                spec_file: Optional[Path] = SPEC, backend: str = BACKEND, wait: bool = WAIT,
                as_json: bool = JSON, dry_run: bool = DRY):
@@ -117,7 +120,7 @@ def preprocess(source: str = typer.Argument(..., help="dataset folder readable b
     fmt = format or "nih"
     job = resolve_job("preprocess", spec_file, dict(
         name=name, replicas=replicas,
-        preprocess=dict(output=output or f"datasets/{fmt}-{size or 224}", workers=workers,
-                        spec=dict(source=str(Path(source).resolve()), format=format, size=size,
+        preprocess=dict(output=output or f"datasets/{fmt}-{size or 224}", workers=workers, overwrite=overwrite,
+                        spec=dict(source=normalize_source(source), format=format, size=size,
                                   fit=fit, strict=strict))))
     _finish(job, backend, wait, as_json, dry_run)

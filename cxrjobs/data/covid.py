@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
-import os
+from pathlib import PurePosixPath
 
 import pandas as pd
 
-from cxrjobs.data.source import Source, read_csv, require_columns
+from cxrjobs.data.files import Files, as_files, locate_csv
+from cxrjobs.data.source import Source, reject_duplicate_ids, reject_empty_patients, require_columns
+from cxrjobs.errors import DataError
 
 LABELS = ["non-COVID", "COVID-19"]
 FRONTAL_VIEWS = ("PA", "AP", "AP Supine", "AP Erect")
 
 
-def read_covid(root: str, views: tuple[str, ...] = FRONTAL_VIEWS, csv_path: str | None = None) -> Source:
-    csv_path = csv_path or os.path.join(root, "metadata.csv")
-    if not os.path.isfile(csv_path):
-        from cxrjobs.errors import DataError
-        raise DataError(f"{root}: no metadata.csv; pass the dataset folder or --csv PATH")
-    df = read_csv(csv_path, dtype=str, keep_default_na=False)
+def _outside(rel: str) -> bool:
+    """A CSV path that is absolute or climbs out with '..' would read files outside the dataset."""
+    p = PurePosixPath(rel.replace("\\", "/"))
+    return rel.startswith(("/", "\\")) or p.is_absolute() or ".." in p.parts or (len(rel) > 1 and rel[1] == ":")
+
+
+def read_covid(root: str | Files, views: tuple[str, ...] = FRONTAL_VIEWS, csv_path: str | None = None) -> Source:
+    files = as_files(root)
+    csv_path = locate_csv(files, csv_path, "metadata.csv")
+    if not files.isfile(csv_path):
+        raise DataError(f"{files.base}: no metadata.csv; pass the dataset folder or --csv PATH")
+    df = files.read_csv(csv_path, dtype=str, keep_default_na=False)
     require_columns(df, ["filename", "patientid"], csv_path)
     if "covid" not in df.columns:
         require_columns(df, ["finding"], csv_path)
@@ -30,10 +38,17 @@ def read_covid(root: str, views: tuple[str, ...] = FRONTAL_VIEWS, csv_path: str 
         keep = df["view"].str.strip().isin(views)
         excluded[f"view not in {list(views)}"] = int((~keep).sum())
         df = df[keep]
-    rel = df["filename"]
+    rel = df["filename"].str.strip()
     if "folder" in df.columns:
-        rel = df["folder"].where(df["folder"] != "", ".") + "/" + df["filename"]
-    paths = [os.path.join(root, p) for p in rel]
+        rel = df["folder"].where(df["folder"] != "", ".") + "/" + rel
+        rel = rel.str.replace(r"^\./", "", regex=True)
+    rejects: list[tuple[str, str]] = []
+    outside = rel.map(_outside)
+    for r in rel[outside]:
+        rejects.append((r, f"{csv_path}: filename {r!r} is not a path inside the dataset folder "
+                           "(absolute, or climbs out with '..'); use a path relative to it"))
+    df, rel = df[~outside], rel[~outside]
+    paths = [files.locate(p) for p in rel]
     if "covid" in df.columns:
         covid = df["covid"].str.strip()
         bad = ~covid.isin(["0", "1"])
@@ -47,12 +62,15 @@ def read_covid(root: str, views: tuple[str, ...] = FRONTAL_VIEWS, csv_path: str 
         "labels": covid.map({"1": LABELS[1], "0": LABELS[0]}).values,
         "view": df["view"].values if "view" in df.columns else "",
     })
-    rejects = [(p, f"{csv_path}: column 'covid' must be 0 or 1, got {v!r}")
-               for p, v, b in zip(paths, covid, bad) if b]
-    exists = records["path"].map(os.path.isfile)
+    rejects += [(p, f"{csv_path}: column 'covid' must be 0 or 1, got {v!r}")
+                for p, v, b in zip(paths, covid, bad) if b]
+    records = records[~bad.values].reset_index(drop=True)
+    records = reject_empty_patients(records, rejects, csv_path, "patientid")
+    records = reject_duplicate_ids(records, rejects, csv_path, "filename")
+    exists = records["path"].map(files.isfile)
     rejects += [(p, f"listed in {csv_path} but the file does not exist")
-                for p in records.loc[~exists & ~bad.values, "path"]]
-    records = records[exists.values & ~bad.values].reset_index(drop=True)
-    return Source(format="covid", root=root, records=records, label_names=list(LABELS),
+                for p in records.loc[~exists, "path"]]
+    records = records[exists.values].reset_index(drop=True)
+    return Source(format="covid", root=files.base, records=records, label_names=list(LABELS),
                   findings=[LABELS[1]], rejects=rejects, excluded=excluded,
                   params={"csv": csv_path, "views": list(views)})

@@ -84,5 +84,9 @@ def decode_file(path: str, size: int, fit: str = "pad") -> tuple[np.ndarray, str
             data = f.read()
     except OSError as e:
         raise DecodeError(f"cannot read file: {e.strerror}") from None
-    digest = hashlib.sha256(data).hexdigest()
-    return decode_bytes(data, size, fit), digest
+    return decode_data(data, size, fit)
+
+
+def decode_data(data: bytes, size: int, fit: str = "pad") -> tuple[np.ndarray, str]:
+    """(S x S uint8 array, sha256 of the bytes): an image fetched from an object store."""
+    return decode_bytes(data, size, fit), hashlib.sha256(data).hexdigest()

@@ -7,7 +7,8 @@ import re
 
 import pandas as pd
 
-from cxrjobs.data.source import RECORD_COLUMNS, Source
+from cxrjobs.data.files import Files, as_files, printable, utf8_ok
+from cxrjobs.data.source import NOT_UTF8, RECORD_COLUMNS, Source, reject_duplicate_ids
 from cxrjobs.errors import DataError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
@@ -33,34 +34,43 @@ def parse_class_map(text: str | None, labels: list[str] | None) -> dict[str, str
     return out
 
 
-def read_imagefolder(root: str, class_map: dict[str, str] | None = None,
+def read_imagefolder(root: str | Files, class_map: dict[str, str] | None = None,
                      labels: list[str] | None = None, patient_regex: str | None = None) -> Source:
-    if not os.path.isdir(root):
+    if isinstance(root, str) and not os.path.isdir(root):
         raise DataError(f"{root}: not a directory; expected ROOT/<class>/*.png")
-    folders = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    files = as_files(root)
+    folders = files.top_dirs()
     if not folders:
-        raise DataError(f"{root}: no class folders; expected ROOT/<class>/*.png")
+        raise DataError(f"{files.base}: no class folders; expected ROOT/<class>/*.png")
     if labels is None:
         labels = sorted(set(class_map.values())) if class_map else folders
     pattern = re.compile(patient_regex) if patient_regex else None
     rows, rejects = [], []
+    by_folder: dict[str, list[str]] = {}
+    for rel in files.walk():
+        if "/" in rel:
+            by_folder.setdefault(rel.split("/", 1)[0], []).append(rel)
     for folder in folders:
         label = class_map.get(folder.lower()) if class_map else folder
-        for dirpath, dirs, files in os.walk(os.path.join(root, folder)):
-            dirs.sort()
-            for name in sorted(files):
-                path = os.path.join(dirpath, name)
-                if not name.lower().endswith(IMAGE_EXTS):
-                    continue
-                if label is None or label not in labels:
-                    rejects.append((path, f"folder {folder!r} has no class in --class-map / --labels {labels}"))
-                    continue
-                stem = os.path.splitext(name)[0]
-                # Without a patient id in the file name each image counts as its own patient.
-                m = pattern.search(name) if pattern else None
-                patient = m.group(1) if m else stem
-                rows.append((f"{folder}__{name}", patient, path, label, ""))
+        for rel in by_folder.get(folder, []):
+            name = rel.rsplit("/", 1)[-1]
+            if not name.lower().endswith(IMAGE_EXTS) or name.startswith("."):
+                continue
+            path = files.locate(rel)
+            if not utf8_ok(rel):
+                rejects.append((printable(path), NOT_UTF8))
+                continue
+            if label is None or label not in labels:
+                rejects.append((path, f"folder {folder!r} has no class in --class-map / --labels {labels}"))
+                continue
+            stem = os.path.splitext(name)[0]
+            # Without a patient id in the file name each image counts as its own patient.
+            m = pattern.search(name) if pattern else None
+            patient = m.group(1) if m and m.group(1) else stem
+            # The id is the path below the root, so equal names in nested folders stay distinct.
+            rows.append((rel.replace("/", "__"), patient, path, label, ""))
     records = pd.DataFrame(rows, columns=RECORD_COLUMNS)
-    return Source(format="imagefolder", root=root, records=records, label_names=list(labels),
+    records = reject_duplicate_ids(records, rejects, files.base, "file")
+    return Source(format="imagefolder", root=files.base, records=records, label_names=list(labels),
                   findings=list(labels), rejects=rejects,
                   params={"class_map": class_map, "patient_regex": patient_regex})

@@ -8,14 +8,19 @@ Layout under the output prefix:
 
 Shard k holds planned records [k*shard_size, (k+1)*shard_size); slice i of n processes the shards
 with k % n == i, so the pods of an Indexed Job split the work without talking to each other.
+
+A rerun into the same output resumes (finished shards are skipped) only when plan.json says it was
+made with the same output-affecting options and the same planned records; anything else is
+refused, or replaced with `overwrite`. The source is a local folder or a store prefix
+(cxrjobs.data.files): from a store, each slice downloads only its own shards' images.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import multiprocessing as mp
-import os
 import time
 from dataclasses import dataclass
 
@@ -23,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 from cxrjobs import progress
-from cxrjobs.data.decode import DecodeError, decode_file
+from cxrjobs.data.decode import DecodeError, decode_data, decode_file
+from cxrjobs.data.files import open_files, printable
 from cxrjobs.data.source import Source
 from cxrjobs.data.splits import assign_splits, check_patient_disjoint
 from cxrjobs.errors import DataError
@@ -35,17 +41,24 @@ REJECT_COLUMNS = ["path", "reason"]
 
 
 def read_source(spec: PreprocessSpec) -> Source:
-    if not os.path.isdir(spec.source):
-        raise DataError(f"{spec.source}: dataset folder not found")
+    files = open_files(spec.source)
     if spec.format == "nih":
         from cxrjobs.data.nih import read_nih
-        return read_nih(spec.source, spec.csv)
-    if spec.format == "covid":
+        src = read_nih(files, spec.csv)
+    elif spec.format == "covid":
         from cxrjobs.data.covid import FRONTAL_VIEWS, read_covid
-        return read_covid(spec.source, tuple(spec.views or FRONTAL_VIEWS), spec.csv)
-    from cxrjobs.data.imagefolder import parse_class_map, read_imagefolder
-    return read_imagefolder(spec.source, parse_class_map(spec.class_map, spec.labels),
-                            spec.labels, spec.patient_regex)
+        src = read_covid(files, tuple(spec.views or FRONTAL_VIEWS), spec.csv)
+    else:
+        from cxrjobs.data.imagefolder import parse_class_map, read_imagefolder
+        src = read_imagefolder(files, parse_class_map(spec.class_map, spec.labels),
+                               spec.labels, spec.patient_regex)
+    src.files = files
+    return src
+
+
+def _reasons(rejects: list[tuple[str, str]], top: int = 3) -> str:
+    counts = pd.Series([r for _, r in rejects], dtype=object).value_counts()
+    return "; ".join(f"{n} x {reason}" for reason, n in counts.head(top).items())
 
 
 def plan(spec: PreprocessSpec) -> tuple[Source, pd.DataFrame]:
@@ -54,7 +67,15 @@ def plan(spec: PreprocessSpec) -> tuple[Source, pd.DataFrame]:
     if spec.strict and src.rejects:
         path, reason = src.rejects[0]
         raise DataError(f"{path}: {reason} (--strict stops at the first bad input)")
+    if len(src.records) == 0:
+        raise NoImages(src, f"{spec.source}: no image to preprocess ({spec.format} format): "
+                            + (f"all {len(src.rejects)} were rejected, most often: {_reasons(src.rejects)}"
+                               if src.rejects else "the label table lists no rows and no images were found")
+                            + ". Fix the dataset (or --format / --csv) and run again")
     rec = src.records.copy()
+    if rec["image_id"].duplicated().any():  # every reader rejects duplicates; never shard one twice
+        raise DataError(f"{spec.source}: duplicate image ids after reading: "
+                        f"{rec.loc[rec['image_id'].duplicated(), 'image_id'].head().tolist()}")
     negative = "No Finding" if src.format == "nih" else src.label_names[0]
     rec["split"] = assign_splits(rec, spec.seed, spec.fractions, negative, src.official_split).values
     check_patient_disjoint(rec)
@@ -66,18 +87,112 @@ def plan(spec: PreprocessSpec) -> tuple[Source, pd.DataFrame]:
     return src, rec
 
 
+class NoImages(DataError):
+    """Nothing was accepted: the run stops with this message (rejects.csv still lists why)."""
+
+    def __init__(self, src: Source, message: str):
+        super().__init__(message)
+        self.rejects = src.rejects
+
+
+# What a preprocessing output consists of; --overwrite deletes exactly these (never other files
+# that happen to share the folder).
+OUTPUT_FILES = ("index.csv", "rejects.csv", "manifest.json", "ingest-rejects.csv")
+
+
+def _plan_doc(spec: PreprocessSpec, src: Source, rec: pd.DataFrame) -> dict:
+    # The digest catches a source whose files changed between runs made with the same options.
+    digest = hashlib.sha256(_csv_bytes(rec[["image_id", "patient_id", "split", "labels", "shard"]])).hexdigest()
+    return {"num_shards": int(rec["shard"].max()) + 1, "records": len(rec), "spec": spec.model_dump(),
+            "format": src.format, "label_names": src.label_names, "findings": src.findings,
+            "excluded": src.excluded, "records_sha256": digest}
+
+
+def _differences(old: dict, spec: PreprocessSpec) -> list[str]:
+    """Output-affecting options that differ between a stored plan and `spec`."""
+    try:
+        stored = PreprocessSpec.model_validate(old.get("spec", {})).output_options()
+    except ValueError:
+        return ["spec (the stored plan.json is not a valid spec)"]
+    now = spec.output_options()
+    return [f"{k}: {stored.get(k)!r} there, {now.get(k)!r} now" for k in now if stored.get(k) != now.get(k)]
+
+
+def _mixed(where: str, diff: list[str]) -> DataError:
+    return DataError(f"{where} already holds a preprocessing output made with different options ("
+                     + "; ".join(diff) + "). Resuming into it would mix the two: choose a new --out "
+                     "(job: `output`), or pass --overwrite (job: `overwrite: true`) to replace it")
+
+
+def _output_exists(store: ObjectStore, prefix: str) -> bool:
+    return any(store.exists(join_key(prefix, name)) for name in ("plan.json", "manifest.json")) or \
+        next(iter(store.list(join_key(prefix, "shards"))), None) is not None
+
+
+def clear_output(store: ObjectStore, prefix: str) -> int:
+    """Delete a preprocessing output (plan.json last: a delete cut short is redone by a rerun)."""
+    keys = [o.key for o in store.list(join_key(prefix, "shards"))]
+    keys += [join_key(prefix, n) for n in OUTPUT_FILES if store.exists(join_key(prefix, n))]
+    for key in keys:
+        store.delete(key)
+    if store.exists(join_key(prefix, "plan.json")):
+        store.delete(join_key(prefix, "plan.json"))
+        keys.append("plan.json")
+    return len(keys)
+
+
+def _claim_output(spec: PreprocessSpec, src: Source, rec: pd.DataFrame, store: ObjectStore, prefix: str,
+                  shard_index: int, overwrite: bool, wait: float) -> dict:
+    """Write plan.json, or check that the one there is this run's: resuming is only safe when
+    every output-affecting option (and the planned records) is identical. With `overwrite`,
+    slice 0 replaces a different output and the other slices wait up to `wait` s for its plan."""
+    where = f"{store.url}/{prefix}".rstrip("/")
+    new = _plan_doc(spec, src, rec)
+    key = join_key(prefix, "plan.json")
+    deadline = time.monotonic() + wait
+    while True:
+        old = json.loads(store.get_text(key)) if store.exists(key) else None
+        if old is None and not _output_exists(store, prefix):
+            store.put_text(key, json.dumps(new, indent=1, sort_keys=True))
+            return new
+        if old is not None:
+            diff = _differences(old, spec)
+            if not diff and old.get("records_sha256", new["records_sha256"]) != new["records_sha256"]:
+                diff = [f"the source's files ({old.get('records')} images planned there, {new['records']} now, "
+                        "or other ids, patients or labels): the dataset changed since that run"]
+            if not diff:
+                if "records_sha256" not in old:  # made before plans carried a digest
+                    store.put_text(key, json.dumps(new, indent=1, sort_keys=True))
+                return new
+        else:
+            diff = ["files of a preprocessing run without plan.json"]
+        if overwrite and shard_index == 0:
+            clear_output(store, prefix)
+            continue
+        if overwrite and time.monotonic() < deadline:
+            time.sleep(0.5)  # slice 0 is replacing the old output
+            continue
+        if overwrite:
+            raise DataError(f"{where}: slice {shard_index} waited {wait:.0f}s for slice 0 to replace the "
+                            "old output; run slice 0 (--shard-index 0) with --overwrite first")
+        raise _mixed(where, diff)
+
+
 def _shard_key(prefix: str, k: int, ext: str) -> str:
     return join_key(prefix, f"shards/shard-{k:05d}.{ext}")
 
 
 def _csv_bytes(df: pd.DataFrame) -> bytes:
-    return df.to_csv(index=False).encode()
+    # Readers reject names that are not UTF-8; a path that slipped through is escaped, not fatal.
+    return df.to_csv(index=False).encode("utf-8", "backslashreplace")
 
 
 def _work(args):
-    path, size, fit = args
+    item, size, fit = args
     try:
-        arr, digest = decode_file(path, size, fit)
+        if isinstance(item, DecodeError):  # the fetch failed
+            raise item
+        arr, digest = decode_data(item, size, fit) if isinstance(item, bytes) else decode_file(item, size, fit)
         return arr, digest, None
     except DecodeError as e:
         return None, None, str(e)
@@ -93,24 +208,39 @@ class SliceResult:
 
 
 def run_slice(spec: PreprocessSpec, store: ObjectStore, prefix: str, workers: int = 1,
-              shard_index: int = 0, num_shards: int = 1, show_progress: bool = True) -> SliceResult:
+              shard_index: int = 0, num_shards: int = 1, show_progress: bool = True,
+              overwrite: bool = False, wait: float = 0.0) -> SliceResult:
+    """Preprocess slice `shard_index` of `num_shards` into `prefix`. An existing output is resumed
+    (finished shards skipped) only if it was made with the same options; otherwise this refuses,
+    or with `overwrite` replaces it (see _claim_output)."""
     if not 0 <= shard_index < num_shards:
         raise DataError(f"--shard-index {shard_index} must be in [0, --num-shards {num_shards})")
     t0 = time.perf_counter()
-    src, rec = plan(spec)
-    total_shards = int(rec["shard"].max()) + 1 if len(rec) else 0
-    plan_doc = {"num_shards": total_shards, "records": len(rec), "spec": spec.model_dump(),
-                "format": src.format, "label_names": src.label_names, "findings": src.findings,
-                "excluded": src.excluded}
-    store.put_text(join_key(prefix, "plan.json"), json.dumps(plan_doc, indent=1, sort_keys=True))
+    where = f"{store.url}/{prefix}".rstrip("/")
+    old_key = join_key(prefix, "plan.json")
+    if not overwrite and store.exists(old_key):  # cheap check first: no need to plan to refuse
+        diff = _differences(json.loads(store.get_text(old_key)), spec)
+        if diff:
+            raise _mixed(where, diff)
+    try:
+        src, rec = plan(spec)
+    except NoImages as e:
+        if shard_index == 0:  # the full list of reasons, where the user looks for it
+            store.put_bytes(join_key(prefix, "rejects.csv"), _rejects_csv(e.rejects))
+        raise DataError(f"{e} (every reason: {where}/rejects.csv)") from None
+    _claim_output(spec, src, rec, store, prefix, shard_index, overwrite, wait)
+    total_shards = int(rec["shard"].max()) + 1
     if shard_index == 0:
-        store.put_bytes(join_key(prefix, "ingest-rejects.csv"),
-                        _csv_bytes(pd.DataFrame(src.rejects, columns=REJECT_COLUMNS)))
+        store.put_bytes(join_key(prefix, "ingest-rejects.csv"), _rejects_csv(src.rejects))
     mine = [k for k in range(total_shards) if k % num_shards == shard_index]
     todo = [k for k in mine if not store.exists(_shard_key(prefix, k, "csv"))]
     todo_rec = rec[rec["shard"].isin(todo)]
     images = rejected = 0
-    tasks = ((p, spec.size, spec.fit) for p in todo_rec["path"])
+    files = src.files
+    # A local folder: decoding processes open the files. A store: this process downloads only
+    # these shards' images (threads, in order) and the processes decode the bytes.
+    items = todo_rec["path"] if files is None or files.in_workers else files.fetch(todo_rec["path"])
+    tasks = ((item, spec.size, spec.fit) for item in items)
     pool = mp.get_context("fork").Pool(workers) if workers > 1 else None
     results = pool.imap(_work, tasks, chunksize=4) if pool else map(_work, tasks)
     try:
@@ -137,11 +267,14 @@ def run_slice(spec: PreprocessSpec, store: ObjectStore, prefix: str, workers: in
     return SliceResult(len(todo), len(mine) - len(todo), images, rejected, time.perf_counter() - t0)
 
 
+def _rejects_csv(rejects: list[tuple[str, str]]) -> bytes:
+    return _csv_bytes(pd.DataFrame([(printable(p), r) for p, r in rejects], columns=REJECT_COLUMNS))
+
+
 def _write_shard(store, prefix, k, size, arrays, rows, rejects) -> None:
     stack = np.stack(arrays) if arrays else np.zeros((0, size, size), np.uint8)
     store.put_stream(_shard_key(prefix, k, "npy"), lambda f: np.save(f, stack))
-    store.put_bytes(_shard_key(prefix, k, "rejects.csv"),
-                    _csv_bytes(pd.DataFrame(rejects, columns=REJECT_COLUMNS)))
+    store.put_bytes(_shard_key(prefix, k, "rejects.csv"), _rejects_csv(rejects))
     # Written last: its presence is what marks shard k complete.
     store.put_bytes(_shard_key(prefix, k, "csv"), _csv_bytes(pd.DataFrame(rows, columns=INDEX_COLUMNS)))
 
@@ -168,8 +301,15 @@ def merge(store: ObjectStore, prefix: str) -> dict:
     rejects = pd.concat([read(join_key(prefix, "ingest-rejects.csv"))] +
                         [read(_shard_key(prefix, k, "rejects.csv")) for k in range(n)], ignore_index=True)
     check_patient_disjoint(index)
-    store.put_bytes(join_key(prefix, "index.csv"), _csv_bytes(index))
     store.put_bytes(join_key(prefix, "rejects.csv"), _csv_bytes(rejects))
+    if len(index) == 0:
+        raise DataError(f"{store.url}/{prefix}: 0 images accepted, all {len(rejects)} rejected (most often: "
+                        f"{_reasons(list(rejects.itertuples(index=False, name=None)))}); every reason is in "
+                        f"{store.url}/{join_key(prefix, 'rejects.csv')}. Fix the dataset and run again")
+    if index["image_id"].duplicated().any():
+        raise DataError(f"{store.url}/{prefix}: image ids {index.loc[index['image_id'].duplicated(), 'image_id'].head().tolist()} "
+                        "are in more than one shard; preprocess again into a new --out (or --overwrite)")
+    store.put_bytes(join_key(prefix, "index.csv"), _csv_bytes(index))
     spec = plan_doc["spec"]
     manifest = {
         "format": plan_doc["format"],
@@ -192,7 +332,7 @@ def merge(store: ObjectStore, prefix: str) -> dict:
 
 
 def preprocess(spec: PreprocessSpec, store: ObjectStore, prefix: str, workers: int = 1,
-               show_progress: bool = True) -> tuple[SliceResult, dict]:
+               show_progress: bool = True, overwrite: bool = False) -> tuple[SliceResult, dict]:
     """The whole dataset in this process: one slice covering every shard, then merge."""
-    result = run_slice(spec, store, prefix, workers, 0, 1, show_progress)
+    result = run_slice(spec, store, prefix, workers, 0, 1, show_progress, overwrite=overwrite)
     return result, merge(store, prefix)

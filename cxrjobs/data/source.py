@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from cxrjobs.data.files import Files, printable, utf8_ok
 from cxrjobs.errors import DataError
 
 # One row per image. `labels` holds class names joined by '|', in the source's order
@@ -24,6 +25,7 @@ class Source:
     excluded: dict[str, int] = field(default_factory=dict)       # filtered by config, not errors
     official_split: pd.Series | None = None  # image_id -> split, when the dataset ships one
     params: dict = field(default_factory=dict)
+    files: Files | None = None       # where the images are read from (set by read_source)
 
 
 def require_columns(df: pd.DataFrame, required: list[str], path: str) -> None:
@@ -34,24 +36,61 @@ def require_columns(df: pd.DataFrame, required: list[str], path: str) -> None:
             "Check that this is the right file for the chosen --format.")
 
 
-def read_csv(path: str, **kw) -> pd.DataFrame:
-    try:
-        return pd.read_csv(path, **kw)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
-        raise DataError(f"{path}: cannot be read as CSV ({e})") from e
+def scan_images(files: Files, rejects: list[tuple[str, str]],
+                exts=(".png", ".jpg", ".jpeg")) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """(file name -> locator, file name -> locators of a name found in several folders) for every
+    image under the root (any depth, like Kaggle's images_0NN/). A name in two folders is
+    ambiguous (which one does the label row mean?), so it is not in the first mapping. Names that
+    are not valid UTF-8 go to `rejects`."""
+    found: dict[str, list[str]] = {}
+    for rel in files.walk():
+        name = rel.rsplit("/", 1)[-1]
+        if not name.lower().endswith(exts) or name.startswith("."):
+            continue
+        loc = files.locate(rel)
+        if not utf8_ok(rel):
+            rejects.append((printable(loc), NOT_UTF8))
+            continue
+        found.setdefault(name, []).append(loc)
+    unique = {name: locs[0] for name, locs in found.items() if len(locs) == 1}
+    return unique, {name: locs for name, locs in found.items() if len(locs) > 1}
 
 
-def scan_images(root: str, exts=(".png", ".jpg", ".jpeg")) -> dict[str, str]:
-    """File name -> path for every image under root (any depth, like Kaggle's images_0NN/)."""
-    import os
+NOT_UTF8 = "file name is not valid UTF-8; rename it (e.g. with `convmv -f latin1 -t utf8`)"
 
-    found: dict[str, str] = {}
-    for dirpath, dirs, files in os.walk(root):
-        dirs.sort()
-        for name in sorted(files):
-            if name.lower().endswith(exts) and not name.startswith("."):
-                found.setdefault(name, os.path.join(dirpath, name))
-    return found
+
+def reject_empty_patients(records: pd.DataFrame, rejects: list[tuple[str, str]], where: str,
+                          column: str, key: str = "path") -> pd.DataFrame:
+    """Rows without a patient id would merge unrelated patients (and leak across splits)."""
+    empty = records["patient_id"].fillna("").str.strip() == ""
+    for loc in records.loc[empty, key]:
+        rejects.append((loc, f"{where}: empty {column!r}; every image needs its patient's id "
+                             "(splits are patient-wise)"))
+    return records.loc[~empty].reset_index(drop=True)
+
+
+def reject_duplicate_ids(records: pd.DataFrame, rejects: list[tuple[str, str]], where: str,
+                         id_name: str, key: str = "path") -> pd.DataFrame:
+    """An image id must appear once. Repeats of the same row (same file, patient and labels) keep
+    the first; rows that disagree (another patient, labels or file) are all rejected, since
+    either could be wrong and one image in two splits would leak."""
+    dup = records["image_id"].duplicated(keep=False)
+    if not dup.any():
+        return records
+    drop = pd.Series(False, index=records.index)
+    cols = ["patient_id", "labels", "path"]
+    for image_id, group in records[dup].groupby("image_id", sort=False):
+        if len(group[cols].astype(str).drop_duplicates()) == 1:
+            for i in group.index[1:]:
+                rejects.append((records.at[i, key], f"{where}: duplicate row for this {id_name}"))
+                drop[i] = True
+        else:
+            for i in group.index:
+                rejects.append((records.at[i, key],
+                                f"{where}: image {image_id!r} is listed {len(group)} times with different "
+                                "patient ids, labels or files; keep one row"))
+                drop[i] = True
+    return records.loc[~drop].reset_index(drop=True)
 
 
 def split_unknown_labels(labels: pd.Series, known: set[str]) -> pd.Series:

@@ -31,6 +31,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from cxrjobs.errors import DataError
+
 FINDINGS = (
     "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
     "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
@@ -390,9 +392,9 @@ def _nih_table(count: int, rng) -> pd.DataFrame:
 def _nih_from_csv(path: Path, count: int, rng) -> pd.DataFrame:
     real = pd.read_csv(path)
     if list(real.columns) != NIH_COLUMNS:
-        raise ValueError(f"{path}: not a Data_Entry_2017 table (columns {list(real.columns)})")
+        raise DataError(f"{path}: not a Data_Entry_2017 table (columns {list(real.columns)})")
     if count > len(real):
-        raise ValueError(f"{path} has {len(real)} rows, asked for {count}")
+        raise DataError(f"{path} has {len(real)} rows, asked for {count}")
     sizes = real.groupby("Patient ID").size()
     chosen, left = [], count
     # Whole patients only; skipping ones that overshoot lands exactly on count (singletons abound).
@@ -403,10 +405,29 @@ def _nih_from_csv(path: Path, count: int, rng) -> pd.DataFrame:
             if not left:
                 break
     if left:
-        raise ValueError(f"could not pick whole patients adding up to {count} rows")
+        raise DataError(f"could not pick whole patients adding up to {count} rows")
     # Keep each image in the Kaggle folder the real file lives in (its position in the full table).
     real["_folder"] = [nih_folder(i) for i in real["Image Index"].rank(method="first").astype(int) - 1]
     return real[real["Patient ID"].isin(chosen)]
+
+
+MIN_SIZE, MAX_SIZE = 16, 8192
+
+
+def check_synth_args(out: Path, count: int, size: int, workers: int) -> None:
+    """Clear errors for arguments that would otherwise fail deep inside (or write nothing)."""
+    if count < 1:
+        raise DataError(f"--count {count}: the number of images must be at least 1")
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise DataError(f"--size {size}: the image side must be between {MIN_SIZE} and {MAX_SIZE} pixels")
+    if workers < 1:
+        raise DataError(f"--workers {workers}: must be at least 1")
+    out = Path(out)
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise DataError(f"--out {out}: {p} is a file, not a folder; choose a folder to create")
+            break
 
 
 def synth_nih(out: Path, count: int, size: int = 1024, seed: int = 0, from_csv: Path | None = None,
@@ -416,6 +437,7 @@ def synth_nih(out: Path, count: int, size: int = 1024, seed: int = 0, from_csv: 
     With ``from_csv`` (a real Data_Entry_2017 csv, .gz fine) whole real patients are drawn until
     exactly ``count`` rows and their Image Index / labels / demographics are kept verbatim.
     """
+    check_synth_args(out, count, size, workers)
     t0, out, rng = time.perf_counter(), Path(out), np.random.default_rng(seed)
     table = _nih_from_csv(Path(from_csv), count, rng) if from_csv else _nih_table(count, rng)
     table = table.sort_values("Image Index").reset_index(drop=True)
@@ -449,6 +471,7 @@ def synth_covid(out: Path, count: int, size: int = 1024, seed: int = 0, special:
     ``metadata.csv`` keeps the rows a reader must drop: ~5% lateral (view "L") and ~3% CT
     (modality "CT", view "Axial"). ``covid`` is 1 exactly when ``finding`` contains "COVID-19".
     """
+    check_synth_args(out, count, size, workers)
     t0, out, rng = time.perf_counter(), Path(out), np.random.default_rng(seed)
     rows, pid = [], 0
     while len(rows) < count:

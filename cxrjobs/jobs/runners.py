@@ -32,7 +32,8 @@ def run_preprocess(job: JobSpec, store: ObjectStore) -> None:
 
     index, count = rank_from_env()
     p = job.preprocess
-    res = run_slice(p.spec, store, p.output, p.workers, index, count, show_progress=False)
+    res = run_slice(p.spec, store, p.output, p.workers, index, count, show_progress=False,
+                    overwrite=p.overwrite, wait=job.rendezvous_timeout)
     log(f"slice {index}/{count}: {res.shards_done} shards written, {res.shards_skipped} already done, "
         f"{res.images} images, {res.rejected} rejected in {res.seconds:.1f}s")
     # Whoever finishes last sees every shard and merges; a merge by two slices writes the same files.

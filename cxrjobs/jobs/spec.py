@@ -36,6 +36,7 @@ class PreprocessJob(BaseModel):
     spec: PreprocessSpec
     output: str = Field(description="dataset prefix in the store, e.g. datasets/nih-224")
     workers: int = Field(1, ge=1, description="processes per replica")
+    overwrite: bool = Field(False, description="replace an output made with other options (else refused)")
 
 
 class JobSpec(BaseModel):

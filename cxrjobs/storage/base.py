@@ -6,8 +6,10 @@ Keys are '/'-separated relative paths (like S3 keys). Two implementations: a loc
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -29,6 +31,52 @@ def check_key(key: str) -> str:
     if any(p in ("..", ".") for p in parts):
         raise StoreError(f"invalid object key {key!r}: '..' and '.' segments are not allowed")
     return "/".join(parts)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+# Below this much free space a failed write is taken to be a full disk: numpy and torch do not
+# always surface ENOSPC (np.save: "N requested and M written"; torch.save: "unexpected pos").
+_NEARLY_FULL = 1 << 20
+
+
+def disk_full_error(exc: BaseException, path: str | Path, partial: str | Path | None = None) -> StoreError | None:
+    """A StoreError naming `path` and the free space when `exc` came from a full file system
+    (call it before removing `partial`, the half-written temp file); None for other errors."""
+    enospc = False
+    e: BaseException | None = exc
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            enospc = True
+        e = e.__cause__ or e.__context__
+    where = Path(path).parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        free_now = shutil.disk_usage(where).free
+    except OSError:
+        return None
+    if not enospc and free_now >= _NEARLY_FULL:
+        return None
+    written = 0
+    if partial is not None:
+        try:
+            written = os.path.getsize(partial)
+            os.unlink(partial)
+        except OSError:
+            pass
+    usage = shutil.disk_usage(where)
+    return StoreError(
+        f"no space left on the device while writing {path}: its file system ({where}) has "
+        f"{human_bytes(usage.free)} free of {human_bytes(usage.total)} after removing the partial file "
+        f"({human_bytes(written)} written). Free some space there, or write somewhere with room "
+        "(another --out, CXRJOBS_STORE, CXRJOBS_CACHE_DIR or TMPDIR).")
 
 
 def join_key(*parts: str) -> str:
@@ -90,11 +138,17 @@ class ObjectStore(ABC):
         without holding it all in memory: via a temp file, then put_file."""
         fd, tmp = tempfile.mkstemp(suffix=".tmp", prefix=".part-")
         try:
-            with os.fdopen(fd, "wb") as f:
-                write(f)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    write(f)
+            except Exception as e:
+                full = disk_full_error(e, tmp, partial=tmp)
+                if full is not None:
+                    raise full from None
+                raise
             self.put_file(key, tmp)
         finally:
-            os.unlink(tmp)
+            Path(tmp).unlink(missing_ok=True)
 
     def exists(self, key: str) -> bool:
         return self.stat(key) is not None

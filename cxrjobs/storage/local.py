@@ -9,21 +9,35 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 from cxrjobs.errors import StoreError
-from cxrjobs.storage.base import ObjectInfo, ObjectStore, check_key, sha256_file
+from cxrjobs.storage.base import ObjectInfo, ObjectStore, check_key, disk_full_error, sha256_file
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Readers see the old file or the new one, never a part: temp file beside it + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Readers see the old file or the new one, never a part: temp file beside it + rename.
+    Every local write of the store (shards, checkpoints, metrics) goes through here, so a full
+    disk is reported once, here, with the path and the free space."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        full = disk_full_error(e, path)
+        if full is not None:
+            raise full from None
+        if isinstance(e, (NotADirectoryError, FileExistsError)):
+            raise StoreError(f"cannot write {path}: a part of that path is a file, not a folder; "
+                             "choose another location") from None
+        raise
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        full = disk_full_error(e, path, partial=tmp) if isinstance(e, Exception) else None
         Path(tmp).unlink(missing_ok=True)
+        if full is not None:
+            raise full from None
         raise
 
 
@@ -40,6 +54,9 @@ class LocalStore(ObjectStore):
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser().resolve()
         self.url = str(self.root)
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"{self.root} is a file, not a folder: a store (or --out) must be a "
+                             "folder; choose a new path or remove the file")
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)

@@ -20,7 +20,7 @@ from minio.error import S3Error
 from urllib3.util import Retry, Timeout
 
 from cxrjobs.errors import StoreError
-from cxrjobs.storage.base import CHUNK, ObjectInfo, ObjectStore, check_key, sha256_file
+from cxrjobs.storage.base import CHUNK, ObjectInfo, ObjectStore, check_key, disk_full_error, sha256_file
 
 SHA_META = "x-amz-meta-sha256"
 _MISSING = {"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"}
@@ -114,8 +114,11 @@ class S3Store(ObjectStore):
                 raise StoreError(f"object {key!r} in store {self.url} failed its sha256 check "
                                  "after download; retry, and re-upload it if this persists")
             os.replace(tmp, dst)
-        except BaseException:
+        except BaseException as e:
+            full = disk_full_error(e, dst, partial=tmp) if isinstance(e, Exception) else None
             Path(tmp).unlink(missing_ok=True)
+            if full is not None:
+                raise full from None
             raise
         finally:
             resp.close()

@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 
 from cxrjobs.errors import StoreError
 from cxrjobs.progress import bar as progress_bar
-from cxrjobs.storage.base import ObjectStore, check_key, join_key, sha256_file
+from cxrjobs.storage.base import ObjectStore, check_key, human_bytes, join_key, sha256_file
 from cxrjobs.storage.local import atomic_write_bytes
 
 MANIFEST = ".cxrjobs-sync.json"
@@ -33,16 +33,8 @@ class SyncSummary:
 
     def line(self) -> str:
         rate = self.bytes / self.seconds if self.seconds > 0 else 0.0
-        return (f"{self.transferred} transferred ({_human(self.bytes)}, {_human(rate)}/s), "
+        return (f"{self.transferred} transferred ({human_bytes(self.bytes)}, {human_bytes(rate)}/s), "
                 f"{self.skipped} already up to date, in {self.seconds:.1f} s")
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
 
 
 def _skip_local(name: str) -> bool:
@@ -83,6 +75,20 @@ def _run(jobs: Iterable, work: Callable, workers: int, bar) -> tuple[int, int, i
                 f.cancel()
             raise
     return done[0], done[1], done[2]
+
+
+DATASET_AREAS = ("datasets", "raw")  # preprocessed datasets, raw dataset folders
+
+
+def dataset_prefix(name: str) -> str:
+    """`NAME` -> datasets/NAME; `datasets/NAME` and `raw/NAME` as given (the store layout)."""
+    area, sep, rest = name.strip("/").partition("/")
+    if not sep:
+        area, rest = "datasets", area
+    if area not in DATASET_AREAS or not rest.strip("/"):
+        raise StoreError(f"dataset name {name!r}: use NAME or datasets/NAME for a preprocessed dataset, "
+                         "raw/NAME for a raw dataset folder")
+    return check_key(f"{area}/{rest}")
 
 
 def upload_dir(local_dir: str | Path, store: ObjectStore, prefix: str, workers: int = 8,

@@ -198,3 +198,101 @@ def test_preprocess_bad_options(synth_dir, tmp_path, args, words):
 def test_preprocess_unknown_format(synth_dir, tmp_path):
     result = cli("data", "preprocess", synth_dir, "--format", "dicom", "--out", tmp_path / "o")
     assert "format" in failure_text(result)
+
+
+# ----------------------------------------------------------------------------- clear errors (issue 6.17)
+
+def main_exit(monkeypatch, capsys, *args) -> str:
+    """Run the real entry point; assert exit code 2 and no traceback; return stderr."""
+    monkeypatch.setattr(sys, "argv", ["cxrjobs", *[str(a) for a in args]])
+    with pytest.raises(SystemExit) as e:
+        cxrjobs.cli.main()
+    captured = capsys.readouterr()
+    err = captured.err + captured.out
+    assert e.value.code == 2, err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("value", ["a,b,c", "0.7,0.1,x"])
+def test_fractions_that_are_not_numbers(synth_dir, tmp_path, monkeypatch, capsys, value):
+    err = main_exit(monkeypatch, capsys, "data", "preprocess", synth_dir, "--format", "nih",
+                    "--out", tmp_path / "o", "--fractions", value)
+    assert "--fractions" in err and "0.7,0.1,0.2" in err
+
+
+@pytest.mark.parametrize("regex,words", [("(", ["not a valid regular expression"]),
+                                         (r"^\d+", ["has no group", "parentheses"])])
+def test_patient_regex_errors(tmp_path, monkeypatch, capsys, regex, words):
+    err = main_exit(monkeypatch, capsys, "data", "preprocess", tmp_path, "--format", "imagefolder",
+                    "--out", tmp_path / "o", "--patient-regex", regex)
+    assert "patient_regex" in err and all(w in err for w in words)
+
+
+@pytest.mark.parametrize("args,words", [
+    (("--count", "0"), ["--count 0", "at least 1"]),
+    (("--count", "-5"), ["--count -5"]),
+    (("--size", "0"), ["--size 0", "between 16"]),
+    (("--size", "-3"), ["--size -3"]),
+    (("--workers", "0"), ["--workers 0"]),
+])
+def test_synth_bad_numbers(tmp_path, monkeypatch, capsys, args, words):
+    err = main_exit(monkeypatch, capsys, "data", "synth", "nih", "--out", tmp_path / "o", *args)
+    assert all(w in err for w in words), err
+    assert not (tmp_path / "o").exists()
+
+
+def test_out_pointing_at_a_file(synth_dir, tmp_path, monkeypatch, capsys):
+    f = tmp_path / "file.txt"
+    f.write_text("not a folder")
+    err = main_exit(monkeypatch, capsys, "data", "synth", "nih", "--out", f, "--count", 5)
+    assert str(f) in err and "is a file" in err
+    err = main_exit(monkeypatch, capsys, "data", "synth", "nih", "--out", f / "sub", "--count", 5)
+    assert str(f) in err and "is a file" in err
+    err = main_exit(monkeypatch, capsys, "data", "preprocess", synth_dir, "--format", "nih", "--out", f)
+    assert str(f) in err and "is a file" in err
+    assert f.read_text() == "not a folder"
+
+
+def test_out_store_without_a_dataset_name(synth_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CXRJOBS_STORE", str(tmp_path / "store"))
+    monkeypatch.delenv("CXRJOBS_CONFIG", raising=False)
+    for dest in ("store://", "store:///"):
+        err = main_exit(monkeypatch, capsys, "data", "preprocess", synth_dir, "--format", "nih", "--out", dest)
+        assert "names nothing in the store" in err and "store://datasets/NAME" in err
+    err = main_exit(monkeypatch, capsys, "data", "preprocess", "store://", "--format", "nih",
+                    "--out", tmp_path / "o")
+    assert "source" in err and "store://raw/NAME" in err
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("*.npy"))
+
+
+def test_rerun_with_other_options_through_the_cli(synth_dir, preprocessed, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    dest = tmp_path / "copy"
+    shutil.copytree(preprocessed, dest)
+    err = main_exit(monkeypatch, capsys, "data", "preprocess", synth_dir, "--format", "nih", "--size", 96,
+                    "--out", dest, "--shard-size", 8)
+    assert "size: 64 there, 96 now" in err and "--overwrite" in err
+    result = ok("data", "preprocess", synth_dir, "--format", "nih", "--size", 96, "--out", dest,
+                "--shard-size", 8, "--overwrite")
+    assert "at 96px" in result.output
+    assert json.loads((dest / "manifest.json").read_text())["image_size"] == 96
+
+
+def test_upload_raw_dataset_under_raw(synth_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("CXRJOBS_STORE", str(tmp_path / "store"))
+    monkeypatch.delenv("CXRJOBS_CONFIG", raising=False)
+    ok("data", "upload", synth_dir, "--name", "raw/nih-phantom")
+    assert (tmp_path / "store" / "raw" / "nih-phantom" / "Data_Entry_2017.csv").is_file()
+    ok("data", "upload", synth_dir, "--name", "plain")
+    assert (tmp_path / "store" / "datasets" / "plain" / "Data_Entry_2017.csv").is_file()
+    for bad in ("raw/", "other/x", "raw/../x"):
+        text = failure_text(cli("data", "upload", synth_dir, "--name", bad))
+        assert "raw/NAME" in text or "'..'" in text
+    # and it preprocesses from there, into the store
+    result = ok("data", "preprocess", "store://raw/nih-phantom", "--format", "nih", "--size", 64,
+                "--out", "store://datasets/from-raw", "--shard-size", 8)
+    assert "preprocessed 28 images" in result.output
+    index = pd.read_csv(tmp_path / "store" / "datasets" / "from-raw" / "index.csv")
+    assert index["source"].str.startswith("store://raw/nih-phantom/images_").all()

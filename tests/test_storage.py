@@ -230,3 +230,96 @@ def test_secret_never_shown(s3_env, s3_server, tmp_path):
     with pytest.raises(StoreError) as e:  # an invalid bucket name fails before any request
         S3Store(endpoint=s3_server, bucket="Bad_Bucket", access_key="a", secret_key=secret)
     assert secret not in str(e.value)
+
+
+# ----------------------------------------------------------------------------- endpoint scheme (issue 6.17)
+
+@pytest.mark.parametrize("endpoint,secure,want", [
+    ("http://minio:9000", None, ("minio:9000", False)),
+    ("https://minio.example.org:443/", None, ("minio.example.org:443", True)),
+    ("HTTPS://minio:9000", "1", ("minio:9000", True)),
+    ("minio:9000", "1", ("minio:9000", True)),
+    ("minio:9000", None, ("minio:9000", False)),
+])
+def test_endpoint_scheme_sets_tls(monkeypatch, endpoint, secure, want):
+    from cxrjobs.config import load_settings
+
+    monkeypatch.delenv("CXRJOBS_CONFIG", raising=False)
+    monkeypatch.setenv("CXRJOBS_STORE", "s3://bucket/prefix")
+    monkeypatch.setenv("CXRJOBS_S3_ENDPOINT", endpoint)
+    if secure is None:
+        monkeypatch.delenv("CXRJOBS_S3_SECURE", raising=False)
+    else:
+        monkeypatch.setenv("CXRJOBS_S3_SECURE", secure)
+    s = load_settings()
+    assert (s.s3_endpoint, s.s3_secure) == want
+    # what replicas get is the normalised pair, so a pod does not parse it again
+    assert s.job_env()["CXRJOBS_S3_ENDPOINT"] == want[0]
+
+
+@pytest.mark.parametrize("endpoint,secure,words", [
+    ("ftp://minio:9000", None, ["scheme 'ftp'", "http://host:port"]),
+    ("http://minio:9000/bucket", None, ["no path"]),
+    ("http://", None, ["expected host:port"]),
+    ("https://minio:9000", "0", ["says https", "CXRJOBS_S3_SECURE"]),
+    ("http://minio:9000", "1", ["says http", "TLS on"]),
+])
+def test_endpoint_errors_name_the_variable(monkeypatch, endpoint, secure, words):
+    from cxrjobs.config import load_settings
+
+    monkeypatch.delenv("CXRJOBS_CONFIG", raising=False)
+    monkeypatch.setenv("CXRJOBS_STORE", "s3://bucket/prefix")
+    monkeypatch.setenv("CXRJOBS_S3_ENDPOINT", endpoint)
+    if secure is None:
+        monkeypatch.delenv("CXRJOBS_S3_SECURE", raising=False)
+    else:
+        monkeypatch.setenv("CXRJOBS_S3_SECURE", secure)
+    with pytest.raises(ConfigError) as e:
+        load_settings()
+    assert "CXRJOBS_S3_ENDPOINT" in str(e.value) and all(w in str(e.value) for w in words), str(e.value)
+
+
+def test_store_with_an_http_endpoint_works(s3_server, monkeypatch):
+    """The scheme is stripped before the client sees it (minio rejects 'http://' in an endpoint)."""
+    monkeypatch.setenv("CXRJOBS_S3_ENDPOINT", f"http://{s3_server}")
+    monkeypatch.delenv("CXRJOBS_S3_SECURE", raising=False)
+    monkeypatch.delenv("CXRJOBS_CONFIG", raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("CXRJOBS_STORE", "s3://cxr-scheme-test/x")
+    monkeypatch.setenv("CXRJOBS_S3_ACCESS_KEY", "testing")
+    monkeypatch.setenv("CXRJOBS_S3_SECRET_KEY", "testing-secret-0123456789")
+    store = open_store()
+    store.put_text("k", "v")
+    assert store.get_text("k") == "v"
+
+
+def test_local_store_root_that_is_a_file(tmp_path):
+    f = tmp_path / "f"
+    f.write_text("x")
+    with pytest.raises(StoreError, match="is a file, not a folder"):
+        LocalStore(f)
+    with pytest.raises(StoreError, match="is a file, not a folder"):
+        LocalStore(tmp_path).put_text("f/inner.json", "{}")
+
+
+def test_dataset_prefix_areas():
+    from cxrjobs.storage.sync import dataset_prefix
+
+    assert dataset_prefix("nih") == "datasets/nih"
+    assert dataset_prefix("datasets/nih") == "datasets/nih"
+    assert dataset_prefix("raw/nih") == "raw/nih"
+    for bad in ("raw/", "runs/x", "", "raw/../../x"):
+        with pytest.raises(StoreError):
+            dataset_prefix(bad)
+
+
+def test_open_location(tmp_path, monkeypatch):
+    from cxrjobs.storage import open_location
+
+    monkeypatch.delenv("CXRJOBS_CONFIG", raising=False)
+    monkeypatch.setenv("CXRJOBS_STORE", str(tmp_path))
+    store, key = open_location("store://raw/x/")
+    assert isinstance(store, LocalStore) and key == "raw/x"
+    for bad in ("store://", "store:///", "s3://", "s3://bucket", "s3:///x", "file://x"):
+        with pytest.raises(ConfigError):
+            open_location(bad)

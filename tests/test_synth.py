@@ -19,6 +19,9 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 REAL_NIH = SHARED / "nih-metadata" / "Data_Entry_2017_v2020.csv.gz"
 REAL_COVID = SHARED / "covid-xray" / "metadata.csv"
 needs_nih = pytest.mark.skipif(not REAL_NIH.exists(), reason=f"real NIH label table not found at {REAL_NIH}")
+needs_covid = pytest.mark.skipif(not REAL_COVID.exists(),
+                                 reason=f"real COVID metadata not found at {REAL_COVID} (../shared/data is absent)")
+COVID_READER_COLUMNS = {"filename", "patientid", "finding", "covid", "view", "offset", "sex", "age"}
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +49,15 @@ def test_nih_header_matches_official_file(nih):
     ours = (nih.out / NIH_CSV).read_text().splitlines()[0]
     cols = list(pd.read_csv(nih.out / NIH_CSV, nrows=1).columns)
     assert cols == NIH_COLUMNS and len(cols) == 11  # the bracketed cells split on their commas
-    if REAL_NIH.exists():
-        with gzip.open(REAL_NIH, "rt") as f:
-            assert ours == f.readline().rstrip("\r\n")
-        assert cols == list(pd.read_csv(REAL_NIH, nrows=1).columns)
+    assert ours.startswith("Image Index,Finding Labels,Follow-up #,Patient ID,")
+
+
+@needs_nih
+def test_nih_header_is_the_real_files_header(nih):
+    ours = (nih.out / NIH_CSV).read_text().splitlines()[0]
+    with gzip.open(REAL_NIH, "rt") as f:
+        assert ours == f.readline().rstrip("\r\n")
+    assert list(pd.read_csv(nih.out / NIH_CSV, nrows=1).columns) == list(pd.read_csv(REAL_NIH, nrows=1).columns)
 
 
 def test_nih_layout_and_rows(nih):
@@ -127,9 +135,7 @@ def test_nih_from_csv_keys_real_rows(tmp_path):
 def test_covid_layout(covid):
     df = pd.read_csv(covid.out / "metadata.csv")
     assert len(df) == covid.images == 60
-    if REAL_COVID.exists():  # the columns a reader of the real file relies on are all here
-        shared = {"filename", "patientid", "finding", "covid", "view", "offset", "sex", "age"}
-        assert shared <= set(pd.read_csv(REAL_COVID, nrows=1).columns) and shared <= set(df.columns)
+    assert COVID_READER_COLUMNS <= set(df.columns)
     assert "modality" in df.columns
     assert (df["covid"] == df["finding"].str.contains("COVID-19")).all()
     assert (df["filename"].str.split("/").str[0] == np.where(df["covid"] == 1, "covid", "non_covid")).all()
@@ -141,6 +147,13 @@ def test_covid_layout(covid):
     assert covid.special["lateral"] and covid.special["ct"]  # both kinds a reader must drop
     for f in df["filename"]:
         assert (covid.out / f).is_file()
+
+
+@needs_covid
+def test_covid_columns_are_the_real_files(covid):
+    """The columns a reader of the real file relies on are in both files."""
+    assert COVID_READER_COLUMNS <= set(pd.read_csv(REAL_COVID, nrows=1).columns)
+    assert COVID_READER_COLUMNS <= set(pd.read_csv(covid.out / "metadata.csv", nrows=1).columns)
 
 
 def test_covid_special_files(covid):
@@ -198,3 +211,19 @@ def test_phantom_rejects_unknown_label():
         phantom_image(["Cardiomegally"], 64, np.random.default_rng(0))
     for view in ("L", "CT"):
         assert phantom_image([], 64, np.random.default_rng(0), view).shape == (64, 64)
+
+
+# ----------------------------------------------------------------------------- bad arguments (issue 6.17)
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(count=0), "--count 0"), (dict(count=-1), "--count -1"),
+    (dict(size=0), "--size 0"), (dict(size=8), "between 16"), (dict(workers=0), "--workers 0"),
+])
+def test_synth_rejects_bad_numbers(tmp_path, kw, match):
+    from cxrjobs.errors import DataError
+
+    args = dict(count=10, size=32) | kw
+    for fn in (synth_nih, synth_covid):
+        with pytest.raises(DataError, match=match):
+            fn(tmp_path / "o", **args)
+    assert not (tmp_path / "o").exists()

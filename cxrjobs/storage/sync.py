@@ -82,7 +82,7 @@ DATASET_AREAS = ("datasets", "raw")  # preprocessed datasets, raw dataset folder
 
 def dataset_prefix(name: str) -> str:
     """`NAME` -> datasets/NAME; `datasets/NAME` and `raw/NAME` as given (the store layout)."""
-    area, sep, rest = name.strip("/").partition("/")
+    area, sep, rest = name.strip().partition("/")
     if not sep:
         area, rest = "datasets", area
     if area not in DATASET_AREAS or not rest.strip("/"):

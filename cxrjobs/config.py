@@ -2,9 +2,10 @@
 
 Precedence: environment (CXRJOBS_*) > config file > defaults. The config file is YAML, found at
 $CXRJOBS_CONFIG, else ./cxrjobs.yaml, else ~/.config/cxrjobs/config.yaml, with keys `store`,
-`s3_endpoint`, `s3_secure`, `cache_dir`, `state_dir`. Credentials are read from the environment
-only (CXRJOBS_S3_ACCESS_KEY / CXRJOBS_S3_SECRET_KEY; on Kubernetes a Secret), never from flags or
-the config file, so they cannot end up in shell history, logs or manifests.
+`s3_endpoint` (host:port, or http(s)://host:port whose scheme sets TLS), `s3_secure`, `cache_dir`,
+`state_dir`. Credentials are read from the environment only (CXRJOBS_S3_ACCESS_KEY /
+CXRJOBS_S3_SECRET_KEY; on Kubernetes a Secret), never from flags or the config file, so they cannot
+end up in shell history, logs or manifests.
 """
 
 from __future__ import annotations

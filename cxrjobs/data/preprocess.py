@@ -155,6 +155,8 @@ def _claim_output(spec: PreprocessSpec, src: Source, rec: pd.DataFrame, store: O
         if old is None and not _output_exists(store, prefix):
             store.put_text(key, json.dumps(new, indent=1, sort_keys=True))
             return new
+        if old is None and store.exists(key):
+            continue  # another slice wrote its plan (and a shard) since we looked: compare with it
         if old is not None:
             diff = _differences(old, spec)
             if not diff and old.get("records_sha256", new["records_sha256"]) != new["records_sha256"]:

@@ -450,3 +450,34 @@ def test_non_utf8_file_name_is_rejected_without_a_partial_shard(tmp_path):
     shards = sorted(p.name for p in (out / "shards").iterdir())
     assert len([n for n in shards if n.endswith(".npy")]) == len([n for n in shards if n.endswith(".csv")
                                                                  and not n.endswith("rejects.csv")])
+
+
+def test_decoders_are_fed_through_a_bounded_window():
+    """Pool.imap drains its input at once; images fetched from a store must not pile up in memory."""
+    import multiprocessing as mp
+    import time
+
+    from cxrjobs.data.preprocess import _Window
+
+    pulled = []
+
+    def source():
+        for i in range(1000):
+            pulled.append(i)
+            yield i
+
+    window = _Window(8)
+    with mp.get_context("fork").Pool(2) as pool:
+        results = pool.imap(abs, window.feed(source()), chunksize=1)
+        for _ in range(3):
+            next(results)
+            window.took()
+        time.sleep(0.5)  # give the feeder every chance to run ahead
+        assert len(pulled) <= 8 + 3 + 1
+        window.close()
+
+
+def test_strict_with_workers_stops_and_shuts_the_pool_down(phantom, tmp_path):
+    with pytest.raises(DataError, match="--strict"):
+        run_slice(spec_for(phantom.out, strict=True), LocalStore(tmp_path / "s"), "", workers=2,
+                  show_progress=False)

@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import multiprocessing as mp
+import threading
 import time
 from dataclasses import dataclass
 
@@ -200,6 +201,27 @@ def _work(args):
         return None, None, str(e)
 
 
+class _Window:
+    """At most `n` items handed out and not yet consumed (the feeder blocks until `took`)."""
+
+    def __init__(self, n: int):
+        self._free, self._closed = threading.Semaphore(n), False
+
+    def feed(self, items):
+        for item in items:
+            self._free.acquire()
+            if self._closed:
+                return
+            yield item
+
+    def took(self) -> None:
+        self._free.release()
+
+    def close(self) -> None:
+        self._closed = True
+        self._free.release(1 << 20)  # wake a blocked feeder so the pool can shut down
+
+
 @dataclass
 class SliceResult:
     shards_done: int
@@ -242,7 +264,10 @@ def run_slice(spec: PreprocessSpec, store: ObjectStore, prefix: str, workers: in
     # A local folder: decoding processes open the files. A store: this process downloads only
     # these shards' images (threads, in order) and the processes decode the bytes.
     items = todo_rec["path"] if files is None or files.in_workers else files.fetch(todo_rec["path"])
-    tasks = ((item, spec.size, spec.fit) for item in items)
+    # Pool.imap reads its input as fast as it can: a window bounds the images (bytes, from a
+    # store) waiting in memory for a decoder.
+    window = _Window(max(64, 16 * workers))
+    tasks = ((item, spec.size, spec.fit) for item in window.feed(items))
     pool = mp.get_context("fork").Pool(workers) if workers > 1 else None
     results = pool.imap(_work, tasks, chunksize=4) if pool else map(_work, tasks)
     try:
@@ -251,6 +276,7 @@ def run_slice(spec: PreprocessSpec, store: ObjectStore, prefix: str, workers: in
                 arrays, rows, rejects = [], [], []
                 for row in group.itertuples(index=False):
                     arr, digest, err = next(results)
+                    window.took()
                     pbar.advance()
                     if err is not None:
                         if spec.strict:
@@ -264,6 +290,7 @@ def run_slice(spec: PreprocessSpec, store: ObjectStore, prefix: str, workers: in
                 images += len(rows)
                 rejected += len(rejects)
     finally:
+        window.close()
         if pool:
             pool.terminate()
     return SliceResult(len(todo), len(mine) - len(todo), images, rejected, time.perf_counter() - t0)

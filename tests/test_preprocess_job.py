@@ -98,7 +98,16 @@ def test_preprocess_job_from_the_store(raw, reference, s3_env, tmp_path, monkeyp
     res = runner.invoke(app, ["data", "upload", str(raw), "--name", "raw/phantom"])
     assert res.exit_code == 0, res.output
     assert s3_env.exists("raw/phantom/Data_Entry_2017.csv")
-    st, logs = run_job(job_spec("prep-s3", "store://raw/phantom", "datasets/phantom-64"))
+    spec_file = tmp_path / "prep.yaml"
+    spec_file.write_text(f"preprocess:\n  spec:\n    shard_size: {SHARD}\n")
+    res = runner.invoke(app, ["submit", "preprocess", "store://raw/phantom", "--format", "nih", "--size", str(SIZE),
+                              "--replicas", "2", "--output", "datasets/phantom-64", "--name", "prep-s3",
+                              "-f", str(spec_file)])
+    assert res.exit_code == 0, (res.output, res.exception)
+    job = json.loads(s3_env.get_text("runs/prep-s3/spec.json"))
+    assert job["preprocess"]["spec"]["source"] == "store://raw/phantom"  # not turned into a local path
+    st = get_backend().wait("prep-s3", timeout=240, poll=0.2)
+    logs = "".join(get_backend().logs("prep-s3"))
     assert st.state == "Succeeded", (st.message, logs)
     index = same_dataset(s3_env, "datasets/phantom-64", reference)
     assert index["source"].str.startswith("store://raw/phantom/images_").all()

@@ -296,3 +296,14 @@ def test_upload_raw_dataset_under_raw(synth_dir, tmp_path, monkeypatch):
     assert "preprocessed 28 images" in result.output
     index = pd.read_csv(tmp_path / "store" / "datasets" / "from-raw" / "index.csv")
     assert index["source"].str.startswith("store://raw/nih-phantom/images_").all()
+
+
+def test_rerun_with_a_relative_source_path_resumes(synth_dir, preprocessed, tmp_path, monkeypatch):
+    import shutil
+
+    dest = tmp_path / "copy"
+    shutil.copytree(preprocessed, dest)
+    monkeypatch.chdir(synth_dir.parent)  # the same folder, named relatively this time
+    result = ok("data", "preprocess", synth_dir.name, "--format", "nih", "--size", 64, "--out", dest,
+                "--shard-size", 8)
+    assert "preprocessed 28 images" in result.output

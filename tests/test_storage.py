@@ -323,3 +323,19 @@ def test_open_location(tmp_path, monkeypatch):
     for bad in ("store://", "store:///", "s3://", "s3://bucket", "s3:///x", "file://x"):
         with pytest.raises(ConfigError):
             open_location(bad)
+
+
+def test_upload_follows_symlinked_folders(store, tmp_path):
+    """A raw NIH folder whose images_002 is a link to another disk uploads whole (the store copy
+    must preprocess like the folder does); a link back up the tree is entered once."""
+    elsewhere = tmp_path / "disk2" / "images_002"
+    (elsewhere / "images").mkdir(parents=True)
+    (elsewhere / "images" / "x.png").write_bytes(b"png")
+    root = tmp_path / "raw"
+    root.mkdir()
+    (root / "Data_Entry_2017.csv").write_text("csv")
+    (root / "images_002").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "loop").symlink_to(root, target_is_directory=True)
+    upload_dir(root, store, "raw/nih", progress=False)
+    keys = sorted(o.key for o in store.list("raw/nih"))
+    assert keys == ["raw/nih/Data_Entry_2017.csv", "raw/nih/images_002/images/x.png"]

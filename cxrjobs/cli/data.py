@@ -82,10 +82,11 @@ def preprocess(source: str = typer.Argument(..., help="dataset folder, or store:
     Example: cxrjobs data preprocess ../shared/data/nih-sample --format nih --size 224 --out /tmp/nih-224
     """
     from cxrjobs.data.preprocess import PreprocessSpec, merge, run_slice
+    from cxrjobs.specs.preprocess import normalize_source
 
     try:
         spec = PreprocessSpec(
-            source=source, format=format, size=size, fit=fit, strict=strict, seed=seed,
+            source=normalize_source(source), format=format, size=size, fit=fit, strict=strict, seed=seed,
             fractions=_fractions(fractions), shard_size=shard_size, csv=csv,
             views=views.split(",") if views else None, class_map=class_map,
             labels=labels.split(",") if labels else None, patient_regex=patient_regex)

@@ -24,6 +24,7 @@ import pandas as pd
 from cxrjobs.data.decode import DecodeError
 from cxrjobs.errors import CxrError, DataError
 from cxrjobs.specs.preprocess import is_remote
+from cxrjobs.storage.local import walk_dirs
 
 
 class Files(ABC):
@@ -91,16 +92,8 @@ class LocalFiles(Files):
 
     def walk(self) -> list[str]:
         if self._walk is None:
-            found, seen = [], set()
-            # Symlinked folders (a Kaggle images_NNN linked from another disk) are followed; a link
-            # back up the tree is entered once.
-            for dirpath, dirs, files in os.walk(self.root, followlinks=True):
-                real = os.path.realpath(dirpath)
-                if real in seen:
-                    dirs[:] = []
-                    continue
-                seen.add(real)
-                dirs.sort()
+            found = []
+            for dirpath, files in walk_dirs(self.root):  # symlinked folders are followed
                 rel_dir = os.path.relpath(dirpath, self.root)
                 for name in files:
                     found.append(name if rel_dir == "." else f"{rel_dir.replace(os.sep, '/')}/{name}")

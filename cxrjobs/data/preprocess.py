@@ -130,16 +130,12 @@ def _output_exists(store: ObjectStore, prefix: str) -> bool:
         next(iter(store.list(join_key(prefix, "shards"))), None) is not None
 
 
-def clear_output(store: ObjectStore, prefix: str) -> int:
+def clear_output(store: ObjectStore, prefix: str) -> None:
     """Delete a preprocessing output (plan.json last: a delete cut short is redone by a rerun)."""
     keys = [o.key for o in store.list(join_key(prefix, "shards"))]
-    keys += [join_key(prefix, n) for n in OUTPUT_FILES if store.exists(join_key(prefix, n))]
+    keys += [join_key(prefix, n) for n in (*OUTPUT_FILES, "plan.json")]
     for key in keys:
         store.delete(key)
-    if store.exists(join_key(prefix, "plan.json")):
-        store.delete(join_key(prefix, "plan.json"))
-        keys.append("plan.json")
-    return len(keys)
 
 
 def _claim_output(spec: PreprocessSpec, src: Source, rec: pd.DataFrame, store: ObjectStore, prefix: str,

@@ -41,6 +41,20 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
         raise
 
 
+def walk_dirs(root: str | Path) -> Iterator[tuple[str, list[str]]]:
+    """(folder, file names) under root, top-down in sorted order, following symlinked folders
+    (a raw dataset's images_NNN may live on another disk); a link back up the tree is entered once."""
+    seen = set()
+    for dirpath, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        yield dirpath, names
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, lambda f: f.write(data))
 

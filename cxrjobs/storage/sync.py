@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 from cxrjobs.errors import StoreError
 from cxrjobs.progress import bar as progress_bar
 from cxrjobs.storage.base import ObjectStore, check_key, human_bytes, join_key, sha256_file
-from cxrjobs.storage.local import atomic_write_bytes
+from cxrjobs.storage.local import atomic_write_bytes, walk_dirs
 
 MANIFEST = ".cxrjobs-sync.json"
 
@@ -98,7 +98,7 @@ def upload_dir(local_dir: str | Path, store: ObjectStore, prefix: str, workers: 
     root = Path(local_dir)
     if not root.is_dir():
         raise StoreError(f"cannot upload {root}: not a directory")
-    files = sorted(Path(d) / n for d, _, names in os.walk(root) for n in names if not _skip_local(n))
+    files = sorted(Path(d) / n for d, names in walk_dirs(root) for n in names if not _skip_local(n))
     jobs = [(p, join_key(prefix, p.relative_to(root).as_posix()), p.stat().st_size) for p in files]
 
     def push(job) -> tuple[bool, int]:

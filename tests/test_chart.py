@@ -4,9 +4,10 @@ against the Kubernetes schemas in strict mode (kubernetes-validate, 1.31 and 1.3
 "restricted" Pod Security Standard on every pod (tests/pss.py), RBAC, the NetworkPolicy's
 reachability, values.schema.json, NOTES.txt, the plain manifests in k8s/ and the e2e plan.
 
-No API server can run here, so nothing is installed: `lookup` (credentials kept across
-upgrades) is exercised by the kind e2e test (tests/e2e), which upgrades the release and
-compares the Secret.
+No Kubernetes API server can run here: `lookup` (credentials kept across upgrades) and the
+KubeRay capability check run against a fake one (FakeAPIServer below: discovery documents and
+GETs of the objects a test puts in it) with Helm's `--dry-run=server`; the kind e2e test
+(tests/e2e) upgrades a real release and compares the Secret.
 """
 
 from __future__ import annotations
@@ -551,3 +552,146 @@ def test_network_policy_lets_job_pods_reach_minio_each_other_and_dns_only(helm, 
     assert allowed(policies, other, minio, 9000), "MinIO itself is not restricted by this policy"
     off = [o for o in render(helm, tmp_path, VALUE_SETS["kuberay-off"]) if o["kind"] == "NetworkPolicy"]
     assert not allowed(off, operator, job0, 8265)
+
+
+# --- against an API server: `lookup` and .Capabilities -----------------------------------------
+# No Kubernetes API server can run here, so this is a fake one (a small HTTP server answering
+# discovery and GETs of the objects a test puts in it). Helm's real engine talks to it as to a
+# cluster: `helm template --dry-run=server` and `helm upgrade --install --dry-run=server` build
+# .Capabilities from its discovery documents and run `lookup` against it.
+
+class FakeAPIServer:
+    CORE = ["Secret", "ConfigMap", "Service", "ServiceAccount", "LimitRange", "Pod"]
+    GROUPS = {"apps/v1": ["StatefulSet"], "batch/v1": ["Job"],
+              "rbac.authorization.k8s.io/v1": ["Role", "RoleBinding"],
+              "networking.k8s.io/v1": ["NetworkPolicy"]}
+
+    def __init__(self, tmp_path: Path, ray: bool, objects: list[dict]):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        groups = dict(self.GROUPS, **({"ray.io/v1": ["RayJob", "RayCluster"]} if ray else {}))
+        plural = lambda kind: kind.lower() + ("es" if kind.endswith("s") else "s")  # noqa: E731
+        paths = {}
+        for o in objects:
+            gv = o["apiVersion"]
+            prefix = "/api/v1" if gv == "v1" else f"/apis/{gv}"
+            paths[f"{prefix}/namespaces/{o['metadata']['namespace']}/{plural(o['kind'])}/{o['metadata']['name']}"] = o
+        self.requests: list[str] = []
+
+        def resources(gv, kinds):
+            return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv,
+                    "resources": [{"name": plural(k), "singularName": k.lower(), "namespaced": True,
+                                   "kind": k, "verbs": ["get", "list", "create", "delete"]} for k in kinds]}
+
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, code, obj):
+                body = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                p = self.path.split("?")[0]
+                server.requests.append(p)
+                if p == "/version":
+                    return self._send(200, {"major": "1", "minor": "31", "gitVersion": "v1.31.0"})
+                if p == "/api":
+                    return self._send(200, {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
+                        {"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]})
+                if p == "/api/v1":
+                    return self._send(200, resources("v1", FakeAPIServer.CORE))
+                if p == "/apis":
+                    return self._send(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
+                        {"name": gv.split("/")[0], "versions": [{"groupVersion": gv, "version": "v1"}],
+                         "preferredVersion": {"groupVersion": gv, "version": "v1"}} for gv in groups]})
+                if p.startswith("/apis/") and p[6:] in groups:
+                    return self._send(200, resources(p[6:], groups[p[6:]]))
+                if p in paths:
+                    return self._send(200, paths[p])
+                if p.endswith("/secrets"):   # Helm's release storage: no earlier release
+                    return self._send(200, {"kind": "SecretList", "apiVersion": "v1", "metadata": {}, "items": []})
+                return self._send(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                        "reason": "NotFound", "code": 404, "message": f"{p} not found"})
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.kubeconfig = tmp_path / "kubeconfig"
+        self.kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {"server": f"http://127.0.0.1:{self.httpd.server_port}"}}],
+            "users": [{"name": "u", "user": {}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u", "namespace": NS}}]}))
+
+    def helm(self, helm: str, *args: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1",
+               "HELM_CACHE_HOME": "/tmp/helm-cache"}
+        return subprocess.run([helm, *args, "--namespace", NS, "--dry-run=server", "--disable-openapi-validation"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def fake_api(tmp_path):
+    servers = []
+
+    def make(ray: bool = True, objects: list[dict] = ()):
+        home = tmp_path / f"api-{len(servers)}"
+        home.mkdir()
+        servers.append(FakeAPIServer(home, ray, list(objects)))
+        return servers[-1]
+    yield make
+    for s in servers:
+        s.close()
+
+
+def _release_secret(data: dict) -> dict:
+    """The Secret as an earlier install of this release left it in the cluster."""
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": "cxrjobs-s3", "namespace": NS, "labels": {"app.kubernetes.io/managed-by": "Helm"},
+                         "annotations": {"meta.helm.sh/release-name": "cxrjobs", "meta.helm.sh/release-namespace": NS}},
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
+
+
+def test_upgrade_keeps_the_generated_credentials(helm, fake_api):
+    kept = {"CXRJOBS_S3_ACCESS_KEY": "A" * 19 + "1", "CXRJOBS_S3_SECRET_KEY": "s3cr3t" * 6 + "abcd"}
+    api = fake_api(objects=[_release_secret(kept)])
+    proc = api.helm(helm, "template", "cxrjobs", str(CHART))
+    assert proc.returncode == 0, proc.stderr
+    secret = by_kind([d for d in yaml.safe_load_all(proc.stdout) if d])[("Secret", "cxrjobs-s3")]
+    assert {k: base64.b64decode(v).decode() for k, v in secret["data"].items()} == kept
+    assert f"/api/v1/namespaces/{NS}/secrets/cxrjobs-s3" in api.requests
+
+    # A Secret missing a key is not reused: both keys are generated afresh.
+    api = fake_api(objects=[_release_secret({"CXRJOBS_S3_ACCESS_KEY": "only-this"})])
+    proc = api.helm(helm, "template", "cxrjobs", str(CHART))
+    assert proc.returncode == 0, proc.stderr
+    secret = by_kind([d for d in yaml.safe_load_all(proc.stdout) if d])[("Secret", "cxrjobs-s3")]
+    assert base64.b64decode(secret["data"]["CXRJOBS_S3_ACCESS_KEY"]).decode() != "only-this"
+
+
+def test_kuberay_check_reads_the_cluster_api(helm, fake_api):
+    without = fake_api(ray=False)
+    proc = without.helm(helm, "template", "cxrjobs", str(CHART), "--set", "kuberay.required=true")
+    assert proc.returncode != 0 and "ray.io/v1 API (KubeRay) is not installed" in proc.stderr
+    proc = without.helm(helm, "upgrade", "--install", "cxrjobs", str(CHART))
+    assert proc.returncode == 0, proc.stderr
+    assert "KubeRay is missing" in proc.stdout[proc.stdout.index("NOTES:"):]
+
+    with_ray = fake_api(ray=True)
+    proc = with_ray.helm(helm, "template", "cxrjobs", str(CHART), "--set", "kuberay.required=true")
+    assert proc.returncode == 0, proc.stderr
+    proc = with_ray.helm(helm, "upgrade", "--install", "cxrjobs", str(CHART))
+    assert proc.returncode == 0, proc.stderr
+    notes_text = proc.stdout[proc.stdout.index("NOTES:"):]
+    assert "KubeRay is missing" not in notes_text and "cxrjobs submit nih-train" in notes_text

@@ -74,6 +74,8 @@ VALUE_SETS: dict[str, dict] = {
                      "s3": {"keepSecret": False}},
     "kind": "k8s/kind-values.yaml",
     "plain-manifests": "k8s/plain-values.yaml",
+    "extra-egress": {"networkPolicy": {"extraEgress": [
+        {"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}], "ports": [{"port": 443, "protocol": "TCP"}]}]}},
     "minimal": {"networkPolicy": {"enabled": False}, "rbac": {"create": False},
                 "jobs": {"limitRange": {"enabled": False}}, "s3": {"createBucket": False}},
 }
@@ -552,6 +554,9 @@ def test_network_policy_lets_job_pods_reach_minio_each_other_and_dns_only(helm, 
     assert allowed(policies, other, minio, 9000), "MinIO itself is not restricted by this policy"
     off = [o for o in render(helm, tmp_path, VALUE_SETS["kuberay-off"]) if o["kind"] == "NetworkPolicy"]
     assert not allowed(off, operator, job0, 8265)
+    extra = [o for o in render(helm, tmp_path, VALUE_SETS["extra-egress"]) if o["kind"] == "NetworkPolicy"]
+    assert extra[0]["spec"]["egress"][-1] == VALUE_SETS["extra-egress"]["networkPolicy"]["extraEgress"][0]
+    assert extra[0]["spec"]["egress"][:-1] == policies[0]["spec"]["egress"]
 
 
 # --- against an API server: `lookup` and .Capabilities -----------------------------------------
@@ -695,3 +700,60 @@ def test_kuberay_check_reads_the_cluster_api(helm, fake_api):
     assert proc.returncode == 0, proc.stderr
     notes_text = proc.stdout[proc.stdout.index("NOTES:"):]
     assert "KubeRay is missing" not in notes_text and "cxrjobs submit nih-train" in notes_text
+
+
+# --- the bucket Job's script ---------------------------------------------------------------------
+# The script runs in bash as rendered. `mc` itself cannot be installed here (MinIO publishes no
+# community binaries any more), so a recording stand-in takes its place on PATH: it checks how
+# the script calls mc, not mc.
+
+FAKE_MC = r'''#!{python}
+import json, os, sys, urllib.parse
+state = os.environ["FAKE_MC_STATE"]
+calls = json.load(open(state)) if os.path.exists(state) else []
+u = urllib.parse.urlsplit(os.environ["MC_HOST_cxr"])
+calls.append({{"argv": sys.argv[1:], "scheme": u.scheme, "host": u.netloc.rsplit("@", 1)[1],
+              "user": urllib.parse.unquote(u.username), "password": urllib.parse.unquote(u.password)}})
+json.dump(calls, open(state, "w"))
+if len(calls) <= int(os.environ["FAKE_MC_FAILURES"]):
+    print("mc: <ERROR> Unable to make bucket: dial tcp: connection refused", file=sys.stderr)
+    sys.exit(1)
+'''
+
+
+def _run_bucket_script(helm, tmp_path, values, failures: int, timeout: str):
+    job = by_kind(render(helm, tmp_path, values))[("Job", "cxrjobs-bucket")]
+    c = job["spec"]["template"]["spec"]["containers"][0]
+    assert c["command"] == ["/bin/bash", "-ec"]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "mc").write_text(FAKE_MC.format(python=sys.executable))
+    (bin_dir / "mc").chmod(0o755)
+    creds = {"CXRJOBS_S3_ACCESS_KEY": "AK/+:@#?%z", "CXRJOBS_S3_SECRET_KEY": "wJalr/K7+MDENG:b@Px%RfiC?Y#"}
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "FAKE_MC_STATE": str(tmp_path / "calls.json"),
+           "FAKE_MC_FAILURES": str(failures), **creds,
+           **{e["name"]: e["value"] for e in c["env"]}, "TIMEOUT": timeout}
+    proc = subprocess.run(c["command"] + c["args"], env=env, capture_output=True, text=True, timeout=60)
+    calls = json.loads((tmp_path / "calls.json").read_text())
+    return proc, calls, creds
+
+
+def test_bucket_job_script_passes_credentials_encoded_and_is_idempotent(helm, tmp_path):
+    proc, calls, creds = _run_bucket_script(helm, tmp_path, {}, failures=1, timeout="60")
+    assert proc.returncode == 0, proc.stderr
+    assert len(calls) == 2, "the script retries until the endpoint answers"
+    call = calls[-1]
+    assert call["argv"] == ["--config-dir", "/tmp/.mc", "mb", "--ignore-existing", "cxr/cxrjobs"]
+    assert (call["user"], call["password"]) == (creds["CXRJOBS_S3_ACCESS_KEY"], creds["CXRJOBS_S3_SECRET_KEY"])
+    assert (call["scheme"], call["host"]) == ("http", f"cxrjobs-minio.{NS}.svc:9000")
+    assert "bucket cxrjobs ready" in proc.stdout
+    assert not any(v in proc.stdout + proc.stderr for v in creds.values())
+
+
+def test_bucket_job_script_gives_up_with_the_reason(helm, tmp_path):
+    proc, calls, creds = _run_bucket_script(helm, tmp_path, VALUE_SETS["external-s3"], failures=99, timeout="0")
+    assert proc.returncode == 1 and len(calls) == 1
+    assert calls[0]["scheme"] == "https" and calls[0]["argv"][-1] == "cxr/acme-cxr"
+    assert "bucket acme-cxr could not be created at https://s3.eu-west-1.amazonaws.com" in proc.stderr
+    assert "connection refused" in proc.stderr
+    assert not any(v in proc.stdout + proc.stderr for v in creds.values())

@@ -28,8 +28,8 @@ VOLUME_META = {"name"}
 
 def pod_specs(obj: dict) -> Iterator[tuple[str, dict, dict]]:
     """(where, pod metadata, pod spec) for every pod an object makes: a Pod, the template of a
-    workload (Deployment, StatefulSet, DaemonSet, ReplicaSet, Job), a CronJob's job template, and
-    a KubeRay RayJob's head, worker and submitter templates (CRDs that core schemas lack)."""
+    workload (Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, PodTemplate) or a CronJob's
+    job template."""
     kind, spec = obj.get("kind"), obj.get("spec") or {}
     name = f"{kind}/{(obj.get('metadata') or {}).get('name')}"
     if kind == "Pod":
@@ -40,22 +40,6 @@ def pod_specs(obj: dict) -> Iterator[tuple[str, dict, dict]]:
     elif kind == "CronJob":
         tpl = spec["jobTemplate"]["spec"]["template"]
         yield name, tpl.get("metadata") or {}, tpl.get("spec") or {}
-    elif kind in ("RayJob", "RayCluster"):
-        for where, tpl in ray_pod_templates(obj):
-            yield f"{name} {where}", tpl.get("metadata") or {}, tpl.get("spec") or {}
-
-
-def ray_pod_templates(obj: dict) -> Iterator[tuple[str, dict]]:
-    """The PodTemplateSpecs inside a RayJob / RayCluster (validate them as core objects)."""
-    spec = obj.get("spec") or {}
-    cluster = spec.get("rayClusterSpec", spec) if obj.get("kind") == "RayJob" else spec
-    head = (cluster.get("headGroupSpec") or {}).get("template")
-    if head is not None:
-        yield "headGroupSpec.template", head
-    for i, group in enumerate(cluster.get("workerGroupSpecs") or []):
-        yield f"workerGroupSpecs[{i}].template", group.get("template") or {}
-    if spec.get("submitterPodTemplate") is not None:
-        yield "submitterPodTemplate", spec["submitterPodTemplate"]
 
 
 def _containers(spec: dict) -> Iterator[tuple[str, dict]]:
@@ -142,8 +126,3 @@ def restricted_violations(obj: dict) -> list[str]:
     """Every "restricted" rule that a pod made by `obj` breaks, as "Kind/name: rule" lines."""
     return [f"{where}: {v}" for where, meta, spec in pod_specs(obj)
             for v in restricted_pod_violations(meta, spec)]
-
-
-def has_pods(obj: dict) -> bool:
-    return any(True for _ in pod_specs(obj))
-

@@ -165,10 +165,19 @@ def test_pss_checks_catch_violations(helm, tmp_path):
         "hostPath": lambda s: s["volumes"].append({"name": "h", "hostPath": {"path": "/"}}),
         "hostNetwork": lambda s: s.update(hostNetwork=True),
         "hostPort": lambda s: s["containers"][0]["ports"][0].update(hostPort=9000),
+        "not in the safe set": lambda s: s["securityContext"].update(sysctls=[{"name": "kernel.msgmax", "value": "1"}]),
+        "seLinuxOptions": lambda s: c(s).update(seLinuxOptions={"user": "root"}),
+        "procMount": lambda s: c(s).update(procMount="Unmasked"),
+        "type ['nfs'] not allowed": lambda s: s["volumes"].append({"name": "n", "nfs": {"server": "x", "path": "/"}}),
+        "appArmorProfile Unconfined": lambda s: c(s).update(appArmorProfile={"type": "Unconfined"}),
     }
     for needle, mutate in cases.items():
         found = broken(mutate)
         assert any(needle in v for v in found), f"{needle}: {found}"
+    obj = json.loads(json.dumps(sts))
+    obj["spec"]["template"]["metadata"]["annotations"] = {
+        "container.apparmor.security.beta.kubernetes.io/minio": "unconfined"}
+    assert any("AppArmor" in v for v in pss.restricted_violations(obj))
 
 
 # --- what each value set renders ---------------------------------------------------------------

@@ -130,7 +130,7 @@ def test_rendered_objects_are_valid_kubernetes_and_pods_are_restricted(helm, tmp
                 kubernetes_validate.validate(obj, version, strict=True)
             except kubernetes_validate.ValidationError as e:
                 pytest.fail(f"{name}: {obj['kind']}/{obj['metadata']['name']} is invalid for "
-                            f"Kubernetes {version}: {e.caught.message} at {list(e.caught.path)}")
+                            f"Kubernetes {version}: {e.message} at {list(e.absolute_path)}")
         for _, _, spec in pss.pod_specs(obj):
             pods += 1
             # The pod template again as a core PodTemplateSpec (the way CRD pods are validated).

@@ -21,7 +21,7 @@ OUT = "e2e-out"                       # relative to the repository root (gitigno
 KUBECONFIG = f"{OUT}/kubeconfig"      # kind writes here; nothing touches ~/.kube/config
 KUBERAY_VERSION = "1.5.1"             # = charts/cxrjobs-stack values kuberay.version
 NODE_PORT = 30900                     # = k8s/kind-values.yaml, published by k8s/kind-config.yaml
-EPOCHS = 4
+EPOCHS = 6                            # long enough to delete a pod mid-run
 IMAGES = ("cxrjobs-train", "cxrjobs-preprocess", "cxrjobs-tune")
 
 # What the CLI on the host reads; credentials are added at run time from the cluster's Secret.
@@ -110,24 +110,24 @@ def plan() -> list[Step]:
              "the CLI's S3 credentials, from the Secret into the environment only",
              secret_env="CXRJOBS_S3_SECRET_KEY"),
         Step("synth-data", _cli("data", "synth", "nih", "--out", f"{OUT}/phantom-nih",
-                                "--count", "400", "--size", "128"),
+                                "--count", "1500", "--size", "128"),
              "phantom NIH data (synthetic images with class-dependent patterns)"),
         Step("upload-data", _cli("data", "upload", f"{OUT}/phantom-nih", "--name", "raw/phantom-nih"),
              "raw data into MinIO through the NodePort"),
         Step("preprocess", _cli(*_k8s("submit", "preprocess", "store://raw/phantom-nih",
-                                      "--format", "nih", "--size", "64", "--replicas", "2",
-                                      "--output", "datasets/phantom-64", "--name", "e2e-prep",
+                                      "--format", "nih", "--size", "128", "--replicas", "2",
+                                      "--output", "datasets/phantom-128", "--name", "e2e-prep",
                                       "--wait", "--json")),
              "an Indexed Job of 2 slices reads raw/ from MinIO and writes shards; Succeeded",
              timeout=1200),
         Step("train", _cli(*_k8s("submit", "nih-train", "--replicas", "2", "--data",
-                                 "datasets/phantom-64", "--model", "smallcnn", "--epochs", str(EPOCHS),
+                                 "datasets/phantom-128", "--model", "smallcnn", "--epochs", str(EPOCHS),
                                  "--batch-size", "64", "--name", "e2e-nih", "--wait", "--json")),
              "2-replica DDP over gloo as an Indexed Job + headless Service (runs on while the "
              "next steps disturb it)", background=True, timeout=2400),
         Step("wait-epoch", _cli(*_k8s("status", "e2e-nih", "--json")),
              "mid-training: at least one epoch checkpointed, the run still running", poll=True,
-             timeout=1500),
+             every=2, timeout=1500),
         Step("delete-worker", ("kubectl", "-n", NAMESPACE, "delete", "pod", "-l",
                                "cxrjobs.io/run=e2e-nih,batch.kubernetes.io/job-completion-index=1",
                                "--wait=false"),
@@ -136,7 +136,7 @@ def plan() -> list[Step]:
              join="train", timeout=2400),
         Step("train-resumed", _cli(*_k8s("logs", "e2e-nih", "--replica", "0")),
              "replica 0 resumed from the checkpoint instead of starting over"),
-        Step("tune", _cli(*_k8s("submit", "tune", "--job", "nih-train", "--data", "datasets/phantom-64",
+        Step("tune", _cli(*_k8s("submit", "tune", "--job", "nih-train", "--data", "datasets/phantom-128",
                                 "--model", "smallcnn", "--trials", "2", "--epochs-per-trial", "2",
                                 "--perturbation-interval", "1", "--replicas", "1",
                                 "--name", "e2e-tune", "--wait", "--json")),
@@ -144,7 +144,7 @@ def plan() -> list[Step]:
         Step("tune-rayjob", ("kubectl", "-n", NAMESPACE, "get", "rayjobs.ray.io", "-l",
                              "cxrjobs.io/run=e2e-tune", "-o", "name"),
              "the search ran as a RayJob"),
-        Step("evaluate", _cli(*_k8s("submit", "evaluate", "e2e-nih", "--data", "datasets/phantom-64",
+        Step("evaluate", _cli(*_k8s("submit", "evaluate", "e2e-nih", "--data", "datasets/phantom-128",
                                     "--split", "test", "--as", "test1", "--name", "e2e-eval",
                                     "--wait", "--json")),
              "scores the trained run on its test split; Succeeded", timeout=1200),

@@ -83,9 +83,16 @@ def _same_digest(out: str, ctx: dict) -> None:
     assert before == after, "helm upgrade replaced the generated S3 credentials"
 
 
+class TooLate(Exception):
+    """The step's moment has passed: polling again cannot help."""
+
+
 def _mid_training(out: str, ctx: dict) -> None:
     st = _json(out)
-    assert st["state"] == "Running" and st.get("epoch", 0) >= 1 and st["epoch"] < EPOCHS, \
+    if st["state"] in ("Succeeded", "Failed", "Cancelled") or st.get("epoch", 0) >= EPOCHS:
+        raise TooLate(f"training ended ({st['state']}, epoch {st.get('epoch')}) before a worker pod "
+                      f"could be deleted: give it more data or epochs in tests/e2e/e2e_plan.py")
+    assert st["state"] == "Running" and st.get("epoch", 0) >= 1, \
         f"not yet mid-training: {st['state']}, epoch {st.get('epoch')}"
 
 
@@ -144,14 +151,15 @@ def _argv(step: Step) -> list[str]:
     return [_which(step.argv[0]) or step.argv[0], *step.argv[1:]]
 
 
-def _run(step: Step, env: dict) -> str:
-    """Run a step; return its stdout (stderr is shown unless the step's output is secret)."""
-    secret = bool(step.secret_env or step.digest)
+def _run(step: Step, env: dict, quiet: bool = False) -> str:
+    """Run a step; return its stdout (shown unless the output is secret or `quiet`)."""
+    secret = bool(step.secret_env or step.digest) or quiet
     proc = subprocess.run(_argv(step), cwd=ROOT, env=env, text=True, timeout=step.timeout,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     if not secret:
         sys.stdout.write(proc.stdout[-4000:])
-    sys.stdout.write(proc.stderr[-4000:])
+    if not quiet or proc.returncode:
+        sys.stdout.write(proc.stderr[-4000:])
     assert proc.returncode == 0, f"step {step.name} exited {proc.returncode}"
     return proc.stdout
 
@@ -199,7 +207,9 @@ def execute(steps: list[Step]) -> None:
                 deadline = time.monotonic() + step.timeout
                 while True:
                     try:
-                        check(_run(step, env), ctx)
+                        out = _run(step, env, quiet=True)
+                        check(out, ctx)
+                        sys.stdout.write(out[-2000:])
                         break
                     except AssertionError:
                         if time.monotonic() > deadline:

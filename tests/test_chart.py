@@ -96,10 +96,16 @@ def _values_args(tmp_path: Path, values) -> list[str]:
     return ["-f", str(f)]
 
 
-def render(helm: str, tmp_path: Path, values=None, *extra: str) -> list[dict]:
-    out = _helm(helm, "template", "cxrjobs", str(CHART), "--namespace", NS, "--kube-version", "1.31.0",
-                *_values_args(tmp_path, values), *extra).stdout
-    return [d for d in yaml.safe_load_all(out) if d]
+_RENDERED: dict[str, str] = {}
+
+
+def render(helm: str, tmp_path: Path, values=None, *extra: str, fresh: bool = False) -> list[dict]:
+    """The chart's objects for these values (rendered once per session unless `fresh`)."""
+    key = json.dumps([values, extra], sort_keys=True)
+    if fresh or key not in _RENDERED:
+        _RENDERED[key] = _helm(helm, "template", "cxrjobs", str(CHART), "--namespace", NS,
+                               "--kube-version", "1.31.0", *_values_args(tmp_path, values), *extra).stdout
+    return [d for d in yaml.safe_load_all(_RENDERED[key]) if d]
 
 
 def by_kind(objs: list[dict]) -> dict[tuple[str, str], dict]:
@@ -234,7 +240,7 @@ def test_defaults(helm, tmp_path):
 def test_secret_is_generated_per_install_and_never_in_values(helm, tmp_path):
     """Two offline renders (no cluster: `lookup` finds nothing) generate different keys; with a
     cluster the first install's keys are looked up and kept (tests/e2e checks that)."""
-    a, b = (by_kind(render(helm, tmp_path))[("Secret", "cxrjobs-s3")]["data"] for _ in range(2))
+    a, b = (by_kind(render(helm, tmp_path, fresh=True))[("Secret", "cxrjobs-s3")]["data"] for _ in range(2))
     assert a["CXRJOBS_S3_SECRET_KEY"] != b["CXRJOBS_S3_SECRET_KEY"]
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert not re.search(r"(?i)(password|secretkey|accesskey)", json.dumps(values))

@@ -360,6 +360,9 @@ def test_notes_say_what_to_do_next_and_what_to_install(helm, tmp_path):
     assert "127.0.0.1:30900" in kind_notes and "port-forward" not in kind_notes
     ext = notes(helm, tmp_path, VALUE_SETS["external-s3"])
     assert "export CXRJOBS_S3_ENDPOINT=s3.eu-west-1.amazonaws.com" in ext and "MinIO image" not in ext
+    assert "--backend kubernetes --namespace cxrjobs --secret-name aws-s3 --wait" in ext
+    real = notes(helm, tmp_path, VALUE_SETS["real-cluster"])
+    assert "--namespace cxrjobs --image-repository ghcr.io/acme --wait" in real
 
 
 def test_kuberay_required_checks_the_ray_api(helm, tmp_path):

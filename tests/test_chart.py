@@ -302,16 +302,33 @@ def _rules(role: dict) -> set[tuple]:
             for v in rule["verbs"] for n in (rule.get("resourceNames") or ["*any*"])}
 
 
-def test_rbac_least_privilege(helm, tmp_path):
+# What each call of the Kubernetes backend's client needs: (API group, resource, verb).
+CLIENT = ROOT / "cxrjobs" / "backends" / "kubernetes" / "client.py"
+CORE_RESOURCES = {"job": ("batch", "jobs"), "service": ("", "services"), "pod": ("", "pods"),
+                  "pod_log": ("", "pods/log"), "config_map": ("", "configmaps")}
+VERBS = {"create": "create", "read": "get", "get": "get", "list": "list", "delete": "delete",
+         "patch": "patch", "replace": "update"}
+
+
+def client_needs() -> set[tuple[str, str, str]]:
+    """The rights the backend's API calls need, read from its source."""
+    needs = set()
+    for api, verb, what in re.findall(r"self\.(core|batch|custom)\.([a-z]+)_namespaced_([a-z_]+)\(",
+                                      CLIENT.read_text()):
+        group, resource = ("ray.io", "rayjobs") if what == "custom_object" else CORE_RESOURCES[what]
+        needs.add((group, resource, VERBS[verb]))
+    return needs
+
+
+def test_rbac_grants_exactly_what_the_backend_calls(helm, tmp_path):
     objs = by_kind(render(helm, tmp_path))
     role = _rules(objs[("Role", "cxrjobs")])
-    crud = ("create", "get", "list", "watch", "delete")
-    expected = {("batch", "jobs", v, "*any*") for v in crud} \
-        | {("", "services", v, "*any*") for v in crud} \
-        | {("", "pods", v, "*any*") for v in ("get", "list", "watch")} \
-        | {("", "pods/log", "get", "*any*"), ("", "configmaps", "get", "cxrjobs-config")} \
-        | {("ray.io", "rayjobs", v, "*any*") for v in crud}
-    assert role == expected
+    needs = client_needs()
+    assert ("batch", "jobs", "create") in needs and ("ray.io", "rayjobs", "delete") in needs
+    granted = {(g, r, v) for g, r, v, _ in role}
+    assert granted == needs, f"missing {needs - granted}, not needed {granted - needs}"
+    # The one ConfigMap read is the chart's own.
+    assert {n for g, r, v, n in role if r == "configmaps"} == {"cxrjobs-config"}
     viewer = _rules(objs[("Role", "cxrjobs-viewer")])
     assert {v for _, _, v, _ in viewer} == {"get", "list", "watch"}
     assert {r for _, r, _, _ in viewer} == {"jobs", "services", "pods", "pods/log", "configmaps", "rayjobs"}
@@ -771,3 +788,48 @@ def test_bucket_job_script_gives_up_with_the_reason(helm, tmp_path):
     assert "bucket acme-cxr could not be created at https://s3.eu-west-1.amazonaws.com" in proc.stderr
     assert "connection refused" in proc.stderr
     assert not any(v in proc.stdout + proc.stderr for v in creds.values())
+
+
+# --- the chart and the Kubernetes backend agree ------------------------------------------------
+
+def test_backend_pods_fit_the_chart(helm, tmp_path, ray_kind):
+    """The objects `cxrjobs submit --backend kubernetes` creates, rendered with the default
+    options in the chart's namespace, find what the chart installs: their ConfigMap and Secret,
+    their images from the chart's defaults, and a NetworkPolicy that lets DDP peers, the Ray
+    head, workers and submitter, and MinIO talk."""
+    from cxrjobs.backends.kubernetes.options import KubeOptions
+    from cxrjobs.backends.kubernetes.render import pod_templates, render as render_job
+    from cxrjobs.jobs.resolve import resolve_job
+
+    chart = render(helm, tmp_path)
+    objs = by_kind(chart)
+    data = objs[("ConfigMap", "cxrjobs-config")]["data"]
+    options = KubeOptions(namespace=NS, image_repository=data["CXRJOBS_IMAGE_REPOSITORY"],
+                          image_tag=data["CXRJOBS_IMAGE_TAG"])
+    assert options.config_map == "cxrjobs-config" and options.secret == data["CXRJOBS_S3_SECRET_NAME"]
+    train = render_job(resolve_job("nih-train", None, {"name": "e2e-nih", "replicas": 2,
+                                                       "train": {"data": "datasets/x"}}), options)
+    ray = render_job(resolve_job(ray_kind, None, {"name": "e2e-tune", "replicas": 2,
+                                                  "train": {"data": "datasets/x"}}), options)
+    templates = {where: t for obj in train + ray for where, t in
+                 ((f"{obj['kind']} {w}", t) for w, t in pod_templates(obj))}
+    assert len(templates) == 4   # the Job's pods; the RayJob's submitter, head and workers
+    images = set()
+    for where, t in templates.items():
+        for c in t["spec"]["containers"]:
+            images.add(c["image"])
+            refs = {(k, v["name"]) for src in c.get("envFrom", []) for k, v in src.items()}
+            assert refs == {("configMapRef", "cxrjobs-config"), ("secretRef", "cxrjobs-s3")}, where
+    assert ("ConfigMap", "cxrjobs-config") in objs and ("Secret", "cxrjobs-s3") in objs
+    import e2e_plan
+    assert images <= {f"{name}:{data['CXRJOBS_IMAGE_TAG']}" for name in e2e_plan.IMAGES}
+
+    policies = [o for o in chart if o["kind"] == "NetworkPolicy"]
+    minio = _pod(objs[("StatefulSet", "cxrjobs-minio")]["spec"]["template"]["metadata"]["labels"])
+    pods = {where: _pod(t["metadata"]["labels"]) for where, t in templates.items()}
+    operator = _pod({"app.kubernetes.io/name": "kuberay-operator"}, "ray-system")
+    for where, pod in pods.items():
+        assert allowed(policies, pod, minio, 9000), where
+        for other_where, other in pods.items():
+            assert allowed(policies, pod, other, 29500), f"{where} -> {other_where}"
+        assert allowed(policies, operator, pod, 8265), where

@@ -2,7 +2,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from cxrjobs.train.metrics import bootstrap_weights, summarize, weighted_auroc
+from cxrjobs.eval.metrics import bootstrap_weights, summarize, weighted_auroc
 
 
 def test_weighted_auroc_matches_sklearn_with_ties_and_weights():

@@ -283,3 +283,27 @@ def _entry(rm: RunModel, path: str, probs: np.ndarray, binary: bool, threshold: 
         if ood["ood"]:
             out["model_label"], out["label"] = label, "unknown"
     return out
+
+
+def predict_paths(store: ObjectStore, run: str, inputs: list[str], batch_size: int = 64,
+                  device: str | None = None, log=print) -> dict:
+    """`cxrjobs predict`: every image file under `inputs` scored by the run's best model, with
+    the OOD check (fitted now when the run has no detector yet)."""
+    import time
+
+    from cxrjobs.eval import ood
+
+    paths = expand_inputs(inputs)
+    if not paths:
+        raise CxrError(f"no image files ({', '.join(IMAGE_EXTS)}) in {inputs}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    rm = load_run(store, run, device)
+    det = ood.load_for_run(store, run, rm=rm, log=log)
+    t0 = time.perf_counter()
+    results = predict_files(rm, paths, det, batch_size)
+    seconds = time.perf_counter() - t0
+    scored = [r for r in results if "error" not in r]
+    return {"run": run, "model": rm.recipe(), "decision_threshold": det.decision_threshold,
+            "ood_threshold": det.threshold, "images": len(results), "scored": len(scored),
+            "errors": len(results) - len(scored), "ood_flagged": sum(r["ood"] for r in scored),
+            "seconds": seconds, "results": results}

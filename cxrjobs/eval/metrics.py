@@ -80,7 +80,7 @@ def summarize(objective: str, logits: torch.Tensor, targets: torch.Tensor, patie
     out["accuracy"] = _point_ci((weights @ correct) / weights.sum(axis=1))
     if probs.shape[1] == 2:
         out["auroc"] = _point_ci(weighted_auroc(probs[:, 1], y == 1, weights))
-        counts = confusion_counts(probs[:, 1] >= 0.5, y == 1, weights)  # argmax of 2 classes
+        counts = confusion_counts(probs.argmax(axis=1) == 1, y == 1, weights)
         out["balanced_accuracy"] = _point_ci(_rates(counts)["balanced_accuracy"])
     return out
 

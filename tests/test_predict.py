@@ -6,7 +6,6 @@ import json
 import shutil
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from typer.testing import CliRunner

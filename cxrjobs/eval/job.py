@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from cxrjobs.errors import CxrError, DataError
+from cxrjobs.errors import DataError
 from cxrjobs.specs.eval import EvalSpec
 from cxrjobs.storage import ObjectStore, join_key
 

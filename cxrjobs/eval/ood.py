@@ -30,7 +30,7 @@ QUANTILE = 0.99          # of validation distances: the threshold
 COLOUR_LIMIT = 12.0      # mean chroma (max-min of R,G,B, 0..255) above which an image is colour
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 MAX_FIT_IMAGES = 4000    # training images used to fit (a seeded subset of larger splits)
-VERSION = 2  # bump when image_stats changes: older ood.json files are refitted
+VERSION = 3  # bump when image_stats changes: older ood.json files are refitted
 
 
 def colourfulness(data: bytes) -> float:
@@ -52,11 +52,13 @@ def colourfulness(data: bytes) -> float:
 
 
 STATS_DIMS = 256 + 16 + 7 + 6 + 12
+STATS_SIZE = 64          # statistics are taken on the image area-averaged to at most 64 x 64
 FFT_BANDS = (0, 0.03, 0.06, 0.12, 0.25, 0.5, 1.0)   # radial frequency bands, cycles per pixel
 
 
 def image_stats(images: np.ndarray | torch.Tensor) -> np.ndarray:
-    """[n, S, S] (or [n, 1, S, S]) uint8 -> [n, STATS_DIMS] statistics of what the model sees:
+    """[n, S, S] (or [n, 1, S, S]) uint8 -> [n, STATS_DIMS] statistics of what the model sees
+    (area-averaged to STATS_SIZE first):
     16x16 layout thumbnail, 16-bin histogram, 7 quantiles, log power in 6 radial frequency bands,
     and contrast / edge / flatness / symmetry measures."""
     shape = np.shape(images)
@@ -64,6 +66,9 @@ def image_stats(images: np.ndarray | torch.Tensor) -> np.ndarray:
     if n == 0:
         return np.zeros((0, STATS_DIMS))
     x = torch.as_tensor(np.asarray(images)).float().reshape(n, 1, shape[-2], shape[-1]) / 255.0
+    if max(shape[-2:]) > STATS_SIZE:  # the same statistics at any model size, and cheap
+        x = F.adaptive_avg_pool2d(x, STATS_SIZE)
+    shape = x.shape
     flat = x.reshape(n, -1)
     thumb = F.adaptive_avg_pool2d(x, 16).reshape(n, 256)
     bins = torch.clamp((flat * 16).long(), max=15)

@@ -226,14 +226,19 @@ def predict_files(rm: RunModel, paths: list[str], detector=None, batch_size: int
     workers = workers or min(8, len(os.sched_getaffinity(0)) + 2)
     results: list[dict] = []
     binary = is_binary(rm.objective, len(rm.class_names))
+    load = lambda p: _load_one(p, rm.image_size, rm.fit)
+    chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
     with ThreadPoolExecutor(workers) as pool:
-        for start in range(0, len(paths), batch_size):
-            chunk = paths[start:start + batch_size]
-            loaded = list(pool.map(lambda p: _load_one(p, rm.image_size, rm.fit), chunk))
+        pending = [pool.submit(load, p) for p in chunks[0]] if chunks else []
+        for b in range(len(chunks)):
+            loaded = [f.result() for f in pending]
+            # Decode the next batch while the model scores this one.
+            pending = [pool.submit(load, p) for p in chunks[b + 1]] if b + 1 < len(chunks) else []
             ok = [r for r in loaded if r[3] is None]
             entries = iter([])
             if ok:
-                x = torch.from_numpy(np.stack([r[1] for r in ok])[:, None]).to(rm.device)
+                images = np.stack([r[1] for r in ok])
+                x = torch.from_numpy(images[:, None]).to(rm.device)
                 with torch.no_grad():
                     logits, feats = forward(rm.model, rm.normalize(x), detector is not None)
                 logits = logits.float().cpu()
@@ -241,7 +246,7 @@ def predict_files(rm: RunModel, paths: list[str], detector=None, batch_size: int
                          else torch.softmax(logits, dim=1)).numpy()
                 flags = None
                 if detector is not None:
-                    flags = detector.score(feats.float().cpu().numpy(), np.stack([r[1] for r in ok]),
+                    flags = detector.score(feats.float().cpu().numpy(), images,
                                            np.array([r[2] for r in ok], dtype=np.float64))
                 threshold = getattr(detector, "decision_threshold", None) if binary else None
                 entries = iter([_entry(rm, r[0], probs[i], binary, threshold,

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.cxrjobs-installed
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO_DIR ?= demo-out
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean chromium
 
 install: $(STAMP)
 
@@ -20,8 +20,12 @@ $(STAMP): pyproject.toml
 demo: install
 	$(VENV)/bin/cxrjobs demo --out $(DEMO_DIR)
 
-test: install
+test: install chromium
 	$(PY) -m pytest -q -ra
+
+# The report test renders the HTML in a real headless browser (Debian's chromium).
+chromium:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 bench: install
 	$(PY) benchmarks/run.py

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from cxrjobs.cli import collect, data, demo, runs, submit
+from cxrjobs.cli import collect, data, demo, predict, report, runs, submit
 from cxrjobs.errors import CxrError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -16,6 +16,8 @@ app.add_typer(submit.app, name="submit")
 runs.register(app)
 collect.register(app)
 demo.register(app)
+predict.register(app)
+report.register(app)
 
 
 def main() -> None:

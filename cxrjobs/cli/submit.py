@@ -124,3 +124,26 @@ def preprocess(source: str = typer.Argument(..., help="dataset folder readable b
                         spec=dict(source=normalize_source(source), format=format, size=size,
                                   fit=fit, strict=strict))))
     _finish(job, backend, wait, as_json, dry_run)
+
+
+@app.command("evaluate")
+def evaluate(run: str = typer.Argument(..., help="the trained run to score"),
+             data: Optional[str] = typer.Option(None, help="dataset: store prefix datasets/NAME or local folder"),
+             split: Optional[str] = typer.Option(None, help="test | val | all (an external test set: all)"),
+             as_name: Optional[str] = typer.Option(None, "--as", help="result name, e.g. test1 / test2 (default: the split)"),
+             batch_size: Optional[int] = typer.Option(None, help="images per forward pass per replica"),
+             bootstrap: Optional[int] = typer.Option(None, help="patient bootstrap replicates (default 1000)"),
+             replicas: Optional[int] = typer.Option(None, help="processes / pods sharing the images (default 1)"),
+             name: Optional[str] = typer.Option(None, help="job id (default: generated)"),
+             spec_file: Optional[Path] = SPEC, backend: str = BACKEND, wait: bool = WAIT,
+             as_json: bool = JSON, dry_run: bool = DRY):
+    """Score a finished run on a dataset: threshold from the run's validation split, metrics with
+    patient-bootstrap CIs, OOD count and plots in runs/RUN/eval/NAME/.
+
+    Example: cxrjobs submit evaluate transfer-20260101-120000-ab12 --data datasets/covid-224 --split test --as test1 --wait
+    """
+    job = resolve_job("evaluate", spec_file, dict(
+        name=name, replicas=replicas,
+        evaluate=dict(run=run, data=data, split=split, name=as_name, batch_size=batch_size,
+                      bootstrap=bootstrap)))
+    _finish(job, backend, wait, as_json, dry_run)

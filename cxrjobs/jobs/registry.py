@@ -56,3 +56,5 @@ register(JobKind("transfer", "train", "cxrjobs.jobs.runners:run_train", True,
                  "fine-tune a pre-trained run on another dataset (paper methods 1 and 2)"))
 register(JobKind("preprocess", "preprocess", "cxrjobs.jobs.runners:run_preprocess", False,
                  "decode and shard a raw dataset; replica i takes slice i"))
+register(JobKind("evaluate", "evaluate", "cxrjobs.eval.job:run_evaluate", True,
+                 "score a run on a dataset split or an external set (threshold from its validation split)"))

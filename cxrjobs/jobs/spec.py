@@ -13,6 +13,7 @@ import time
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cxrjobs.jobs.registry import KINDS
+from cxrjobs.specs.eval import EvalSpec
 from cxrjobs.specs.preprocess import PreprocessSpec
 from cxrjobs.specs.train import TrainSpec
 
@@ -50,6 +51,7 @@ class JobSpec(BaseModel):
     # Payloads: the registry says which one a kind needs.
     train: TrainSpec | None = None
     preprocess: PreprocessJob | None = None
+    evaluate: EvalSpec | None = None
 
     @model_validator(mode="after")
     def _payload(self):

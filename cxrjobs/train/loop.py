@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -30,7 +29,9 @@ from cxrjobs.storage import ObjectStore, join_key
 from cxrjobs.train import checkpoint
 from cxrjobs.train.distributed import DistContext
 from cxrjobs.headline import headline
-from cxrjobs.train.metrics import loss_fn, summarize
+from cxrjobs.eval import ood
+from cxrjobs.eval.metrics import loss_fn, summarize
+from cxrjobs.eval.predict import predict_dataset
 from cxrjobs.specs.train import TrainSpec
 
 
@@ -181,20 +182,9 @@ class Trainer:
         # Rewritten whole from the checkpointed history, so a lost epoch never leaves a line.
         store.put_text(self.run.key("metrics.jsonl"), "".join(json.dumps(h) + "\n" for h in self.history))
 
-    @torch.no_grad()
     def evaluate(self, split: str) -> dict:
         ds = self.data[split]
-        mine = list(range(self.ctx.rank, len(ds), self.ctx.world_size))
-        loader = DataLoader(ds, batch_size=self.micro, sampler=mine, collate_fn=passthrough)
-        self.model.eval()
-        outs = [self.model(prepare(x.to(self.ctx.device))).float().cpu() for x, _ in loader]
-        logits = torch.cat(outs) if outs else torch.zeros((0, ds.num_classes))
-        self.model.train()
-        if self.ctx.distributed:
-            parts: list = [None] * self.ctx.world_size
-            dist.all_gather_object(parts, (mine, logits))
-            idx = np.concatenate([np.asarray(p[0], dtype=np.int64) for p in parts])
-            logits = torch.cat([p[1] for p in parts])[torch.from_numpy(np.argsort(idx))]
+        logits, _ = predict_dataset(self.model, ds, self.ctx, self.micro)
         return summarize(self.spec.objective, logits, ds.targets, ds.patients, ds.class_names,
                          split, self.spec.bootstrap, self.spec.seed)
 
@@ -267,6 +257,7 @@ class Trainer:
             if best is not None:
                 self.model.load_state_dict(best["model"])
             result["test"] = self.evaluate("test")
+        ood.fit_for_run(self.run.store, self.run.run_id, self.ctx, self.data, self.micro, self.log)
         if self.ctx.is_main:
             store = self.run.store
             store.put_text(self.run.key("artifacts/result.json"), json.dumps(result, indent=1))

@@ -1,0 +1,1 @@
+"""Self-contained HTML reports comparing runs (the paper's Table 3 and figures)."""

@@ -1,0 +1,133 @@
+"""`cxrjobs report RUN...`: one self-contained HTML page (images embedded as data: URIs) comparing
+runs like the paper's Table 3 (rows: methods; columns: test 1 / test 2 accuracy, balanced
+accuracy, AUROC with CI, sensitivity, specificity, images / patients), then each run's spec,
+loss curves, confusion matrices, ROC curves and example predictions. Rendered with Jinja2.
+
+It reads only the store: runs/<run>/spec.json, metrics.jsonl and eval/<name>/results.json + PNGs
+written by the `evaluate` job.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from cxrjobs.errors import CxrError
+from cxrjobs.storage import ObjectStore, join_key
+
+TEMPLATES = Path(__file__).parent / "templates"
+WIDE_CI = 0.2   # a CI wider than this gets a visible warning: the test set is too small to tell
+PREFERRED = ("test1", "test2", "test", "all", "val")
+METRICS = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced acc."), ("auroc", "AUROC"),
+           ("sensitivity", "sensitivity"), ("specificity", "specificity"))
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _json(store: ObjectStore, key: str):
+    return json.loads(store.get_text(key)) if store.exists(key) else None
+
+
+def _metric(res: dict, name: str) -> dict:
+    """{'value', 'ci', 'wide'} of one metric of a results.json (binary keys, or the multilabel
+    mean AUROC under 'auroc')."""
+    v, ci = res.get(name), res.get(f"{name}_ci")
+    if name == "auroc" and isinstance(v, dict):  # multilabel: per-class dict; the mean is the headline
+        v, ci = res.get("mean_auroc", {}).get("value"), res.get("mean_auroc", {}).get("ci")
+    if isinstance(v, dict):
+        v, ci = v.get("value"), v.get("ci")
+    wide = bool(ci) and (ci[1] - ci[0]) > WIDE_CI
+    return {"value": v, "ci": ci, "wide": wide}
+
+
+def _method(spec: dict, run: str) -> str:
+    """A short description of how the run was trained ('resnext50, transfer from X, ...')."""
+    t = spec.get("train") or {}
+    if not t:
+        return run
+    bits = [t.get("model", "?")]
+    if t.get("init_from"):
+        bits.append(f"from {t['init_from']}")
+    elif t.get("pretrained"):
+        bits.append(f"pretrained {Path(str(t['pretrained'])).name}")
+    else:
+        bits.append("from scratch")
+    if t.get("freeze") not in (None, "none"):
+        bits.append(f"freeze {t['freeze']}")
+    if t.get("sampler") == "balanced":
+        bits.append("oversampling")
+    return f"{spec.get('kind', '')}: " + ", ".join(bits)
+
+
+def collect(store: ObjectStore, run: str) -> dict:
+    from cxrjobs.eval import plots
+
+    prefix = join_key("runs", run)
+    spec = _json(store, join_key(prefix, "spec.json"))
+    metrics_key = join_key(prefix, "metrics.jsonl")
+    history = ([json.loads(x) for x in store.get_text(metrics_key).splitlines() if x.strip()]
+               if store.exists(metrics_key) else [])
+    if spec is None and not history:
+        raise CxrError(f"run {run}: nothing at {store.url}/{prefix} (no spec.json, no metrics.jsonl); "
+                       "check the run id (`cxrjobs runs`) and CXRJOBS_STORE")
+    evals = {}
+    names = sorted({o.key.split("/")[3] for o in store.list(join_key(prefix, "eval"))
+                    if o.key.endswith("/results.json")},
+                   key=lambda n: (PREFERRED.index(n) if n in PREFERRED else len(PREFERRED), n))
+    for name in names:
+        res = _json(store, join_key(prefix, "eval", name, "results.json"))
+        images = {}
+        for png in res.get("plots", []):
+            key = join_key(prefix, "eval", name, png)
+            if png != "loss_curves.png" and store.exists(key):
+                images[png.removesuffix(".png")] = _data_uri(store.get_bytes(key))
+        evals[name] = {"res": res, "images": images,
+                       "metrics": {m: _metric(res, m) for m, _ in METRICS}}
+    return {"run": run, "spec": spec, "method": _method(spec or {}, run), "evals": evals,
+            "epochs": len(history), "loss_png": _data_uri(plots.loss_curves(history, f"{run}: loss per epoch")),
+            "spec_text": json.dumps(spec, indent=1) if spec else "(no spec.json)"}
+
+
+def build_report(store: ObjectStore, runs: list[str], title: str = "cxrjobs report") -> tuple[str, dict]:
+    """(HTML text, summary) for `runs`."""
+    if not runs:
+        raise CxrError("no runs given; e.g. cxrjobs report RUN1 RUN2 -o report.html")
+    items = [collect(store, r) for r in runs]
+    columns = sorted({n for it in items for n in it["evals"]},
+                     key=lambda n: (PREFERRED.index(n) if n in PREFERRED else len(PREFERRED), n))
+    warnings = [f"{it['run']} on {name}: {label} CI {m['ci'][0]:.3f}-{m['ci'][1]:.3f} is wider than "
+                f"{WIDE_CI} ({ev['res']['n_images']} images, {ev['res']['n_patients']} patients): "
+                "too few to tell methods apart"
+                for it in items for name, ev in it["evals"].items()
+                for key, label in METRICS if (m := ev["metrics"][key])["wide"]]
+    env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(["html", "j2"]),
+                      trim_blocks=True, lstrip_blocks=True)
+    env.filters["num"] = lambda v: "n/a" if v is None else f"{v:.3f}"
+    html = env.get_template("report.html.j2").render(
+        title=title, items=items, columns=columns, metrics=METRICS, warnings=warnings, wide=WIDE_CI,
+        store=store.url, created=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    summary = {"runs": runs, "columns": columns, "warnings": warnings,
+               "rows": [{"run": it["run"], "method": it["method"],
+                         **{c: {m: it["evals"][c]["metrics"][m] for m, _ in METRICS} | {
+                             "n_images": it["evals"][c]["res"]["n_images"],
+                             "n_patients": it["evals"][c]["res"]["n_patients"]}
+                            for c in columns if c in it["evals"]}} for it in items]}
+    return html, summary
+
+
+def write_report(store: ObjectStore, runs: list[str], out: str | Path) -> dict:
+    html, summary = build_report(store, runs)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(html, encoding="utf-8")
+    tmp.replace(out)
+    summary["path"] = str(out.resolve())
+    summary["bytes"] = out.stat().st_size
+    return summary

@@ -49,6 +49,8 @@ CASES = {
                                           "freeze": "conv"}},
     "preprocess": {"replicas": 4, "preprocess": {"output": "datasets/nih-224", "spec": {
         "source": "store://raw/nih", "format": "nih", "size": 224}}},
+    "evaluate": {"replicas": 2, "evaluate": {"run": "transfer-m1", "data": "datasets/covid-test2",
+                                             "split": "all", "name": "test2"}},
 }
 
 

@@ -147,3 +147,11 @@ def test_store_source_errors(s3_env):
 
     with pytest.raises(DataError, match="upload the raw dataset folder first"):
         plan(PreprocessSpec(source="store://raw/never-uploaded", format="nih", size=SIZE))
+
+
+@pytest.mark.parametrize("output", ["", "/", "../x", "/abs/x"])
+def test_job_output_must_name_a_dataset_key(output):
+    from cxrjobs.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="preprocess.output"):
+        job_spec("bad-out", "/data/nih", output)

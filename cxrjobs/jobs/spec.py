@@ -10,8 +10,9 @@ import re
 import secrets
 import time
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cxrjobs.errors import CxrError
 from cxrjobs.jobs.registry import KINDS
 from cxrjobs.specs.eval import EvalSpec
 from cxrjobs.specs.preprocess import PreprocessSpec
@@ -38,6 +39,16 @@ class PreprocessJob(BaseModel):
     output: str = Field(description="dataset prefix in the store, e.g. datasets/nih-224")
     workers: int = Field(1, ge=1, description="processes per replica")
     overwrite: bool = Field(False, description="replace an output made with other options (else refused)")
+
+    @field_validator("output")
+    @classmethod
+    def _output_key(cls, v: str) -> str:
+        from cxrjobs.storage.base import check_key  # light: no store client is imported
+
+        try:
+            return check_key(v)  # empty would be the store's root; '..' would leave it
+        except CxrError as e:
+            raise ValueError(f"{e}; e.g. datasets/nih-224") from None
 
 
 class JobSpec(BaseModel):

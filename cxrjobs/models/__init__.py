@@ -57,3 +57,39 @@ def load_weights_file(path: str) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict):
         raise CxrError(f"{path}: expected a state dict, found {type(obj).__name__}")
     return obj
+
+
+# -- heads and freeze presets: what transfer learning replaces and keeps -----------------------
+# The head is the last classifier layer: init_from skips it, so a new head of the right size
+# (num_classes of the new dataset) is trained from scratch.
+HEADS = {"smallcnn": ("classifier.5",), "resnext50": ("fc",), "densenet121": ("classifier",)}
+# Named freeze presets as parameter-name prefixes. "conv" is every convolutional stage (for the
+# torchvision nets: the whole body, BatchNorm included); "conv+fc1" also the first fully connected
+# layer, which only smallcnn has.
+_FREEZE = {
+    "smallcnn": {"conv": ("features",), "conv+fc1": ("features", "classifier.1")},
+    "resnext50": {"conv": ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")},
+    "densenet121": {"conv": ("features",)},
+}
+
+
+def under(name: str, prefix: str) -> bool:
+    """Whether parameter/module `name` lies under `prefix` on a dotted boundary."""
+    prefix = prefix.rstrip(".")
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def is_head(model_name: str, key: str) -> bool:
+    return any(under(key, h) for h in HEADS[model_name])
+
+
+def freeze_prefixes(model_name: str, freeze: str | list[str]) -> tuple[str, ...]:
+    if isinstance(freeze, list):
+        return tuple(freeze)
+    if freeze == "none":
+        return ()
+    presets = _FREEZE[model_name]
+    if freeze not in presets:
+        raise CxrError(f"freeze={freeze!r} does not apply to {model_name} (it has {sorted(presets)}); "
+                       "pass parameter-name prefixes instead, e.g. freeze: [layer1, layer2]")
+    return presets[freeze]

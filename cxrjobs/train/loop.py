@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 
 from cxrjobs.data.shards import ShardDataset, passthrough
-from cxrjobs.data.transforms import prepare
+from cxrjobs.data.transforms import MEAN, STD, prepare
 from cxrjobs.errors import CxrError
 from cxrjobs.models import build_model, load_state_checked
 from cxrjobs.storage import ObjectStore, join_key
@@ -32,6 +32,8 @@ from cxrjobs.headline import headline
 from cxrjobs.eval import ood
 from cxrjobs.eval.metrics import loss_fn, summarize
 from cxrjobs.eval.predict import predict_dataset
+from cxrjobs.train.sampler import BalancedDistributedSampler, balance_classes
+from cxrjobs.train.transfer import freeze, init_from, weights_file
 from cxrjobs.specs.train import TrainSpec
 
 
@@ -65,6 +67,18 @@ def default_threads(world_size: int) -> int:
     return max(1, len(os.sched_getaffinity(0)) // world_size)
 
 
+def available_monitors(objective: str, num_classes: int) -> list[str]:
+    """The val_* metrics summarize() reports for this objective and class count."""
+    if objective == "multilabel":
+        return ["val_loss", "val_mean_auroc"]
+    return ["val_loss", "val_accuracy"] + (["val_auroc", "val_balanced_accuracy"] if num_classes == 2 else [])
+
+
+def monitor_value(monitor: str, val: dict) -> float | None:
+    v = val["loss"] if monitor == "val_loss" else val[monitor[len("val_"):]]["value"]
+    return None if v is None or math.isnan(v) else float(v)
+
+
 class Trainer:
     def __init__(self, spec: TrainSpec, run: Run, ctx: DistContext, log=print, on_epoch_end=None):
         """on_epoch_end(trainer, record): called on every rank after each epoch, once rank 0 has
@@ -88,11 +102,30 @@ class Trainer:
             raise CxrError(f"image_size={spec.image_size} but dataset {spec.data} was preprocessed "
                            f"at {size}; preprocess again at {spec.image_size} or drop --image-size")
         self.image_size = size
-        self.model = build_model(spec.model, self.data["train"].num_classes, size, spec.pretrained)
+        num_classes = self.data["train"].num_classes
+        ok = available_monitors(spec.objective, num_classes)
+        if spec.monitor not in ok:
+            raise CxrError(f"monitor {spec.monitor} is not reported for a {spec.objective} task with "
+                           f"{num_classes} classes ({spec.data}); choose one of {ok}")
+        pretrained = spec.pretrained
+        if pretrained and pretrained != "imagenet":
+            from cxrjobs.config import load_settings
+            pretrained = weights_file(pretrained, run.store, load_settings().local_cache)
+        # A new head for any model: num_classes comes from the dataset.
+        self.model = build_model(spec.model, num_classes, size, pretrained)
+        if spec.init_from:
+            note = init_from(self.model, spec.model, spec.init_from, run.store)
+            if ctx.is_main:
+                log(note)
+        self.frozen = freeze(self.model, spec.model, spec.freeze)
+        if self.frozen and ctx.is_main:
+            log(f"frozen ({spec.freeze}): {len(self.frozen)} parameter tensors, "
+                f"{sum(p.numel() for p in self.model.parameters() if not p.requires_grad):,} weights "
+                f"of {sum(p.numel() for p in self.model.parameters()):,}")
         self.model.to(ctx.device)
         self.net = DDP(self.model) if ctx.distributed else self.model
         self.loss = loss_fn(spec.objective)
-        params = self.model.parameters()
+        params = [p for p in self.model.parameters() if p.requires_grad]
         if spec.optimizer == "sgd":
             self.opt = torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum,
                                        weight_decay=spec.weight_decay)
@@ -104,6 +137,7 @@ class Trainer:
         self.micro = min(self.per_rank, spec.micro_batch_size or self.per_rank)
         self.history: list[dict] = []
         self.best_val = math.inf
+        self.best_monitor = math.inf if spec.monitor_mode == "min" else -math.inf
         self.start_epoch = 0
 
     # -- one optimisation step over a rank's share of a global batch ---------------------------
@@ -135,6 +169,7 @@ class Trainer:
         checkpoint.set_rng_state(ckpt["rng"])
         self.history = json.loads(ckpt["history"])
         self.best_val = float(ckpt["best_val_loss"])
+        self.best_monitor = float(ckpt.get("best_monitor", self.best_monitor))
         self.log(f"resumed from checkpoint: {self.start_epoch} of {self.spec.epochs} epochs done")
 
     def _restore_optimizer(self, ckpt: dict) -> None:
@@ -173,14 +208,29 @@ class Trainer:
                  "scheduler": self.sched.state_dict() if self.sched else {},
                  "epoch": epoch, "rng": checkpoint.rng_state(),
                  "history": json.dumps(self.history), "best_val_loss": self.best_val,
-                 "spec": self.spec.model_dump_json(), "class_names": self.data["train"].class_names,
-                 "image_size": self.image_size}
+                 "spec": self.spec.model_dump_json(), "monitor": self.spec.monitor,
+                 "best_monitor": self.best_monitor, **self.input_recipe()}
         store = self.run.store
         checkpoint.save(store, self.run.key("checkpoints/latest.pt"), state)
         if improved:
             checkpoint.save(store, self.run.key("checkpoints/best.pt"), state)
         # Rewritten whole from the checkpointed history, so a lost epoch never leaves a line.
         store.put_text(self.run.key("metrics.jsonl"), "".join(json.dumps(h) + "\n" for h in self.history))
+
+    def input_recipe(self) -> dict:
+        """What a checkpoint needs to say so that predict can rebuild the model and its input."""
+        train = self.data["train"]
+        return {"arch": self.spec.model, "class_names": list(train.class_names),
+                "objective": self.spec.objective, "image_size": self.image_size,
+                "fit": train.manifest.get("parameters", {}).get("fit", "pad"),
+                "normalization": {"mean": MEAN, "std": STD}}
+
+    def _sampler(self, train):
+        if self.spec.sampler == "balanced":
+            return BalancedDistributedSampler(balance_classes(train.targets), self.ctx.world_size,
+                                              self.ctx.rank, self.spec.seed)
+        return DistributedSampler(train, num_replicas=self.ctx.world_size, rank=self.ctx.rank,
+                                  shuffle=True, seed=self.spec.seed, drop_last=False)
 
     def evaluate(self, split: str) -> dict:
         ds = self.data[split]
@@ -192,8 +242,7 @@ class Trainer:
         spec, ctx = self.spec, self.ctx
         self._resume()
         train = self.data["train"]
-        sampler = DistributedSampler(train, num_replicas=ctx.world_size, rank=ctx.rank,
-                                     shuffle=True, seed=spec.seed, drop_last=False)
+        sampler = self._sampler(train)
         loader = DataLoader(train, batch_size=self.per_rank, sampler=sampler, collate_fn=passthrough,
                             num_workers=spec.loader_workers, persistent_workers=spec.loader_workers > 0)
         if ctx.is_main and self.start_epoch == 0:
@@ -218,7 +267,11 @@ class Trainer:
             if self.sched is not None:
                 self.sched.step()
             val = self.evaluate("val")
-            improved = val["loss"] < self.best_val
+            current = monitor_value(spec.monitor, val)
+            improved = current is not None and (
+                current < self.best_monitor if spec.monitor_mode == "min" else current > self.best_monitor)
+            if improved:
+                self.best_monitor = current
             self.best_val = min(self.best_val, val["loss"])
             self.history.append({
                 "epoch": epoch + 1, "lr": lr,
@@ -248,20 +301,28 @@ class Trainer:
         return False
 
     def _finish(self) -> dict:
-        result = {"run": self.run.run_id, "epochs": len(self.history), "best_val_loss": self.best_val}
+        spec = self.spec
+        result = {"run": self.run.run_id, "epochs": len(self.history), "best_val_loss": self.best_val,
+                  "monitor": spec.monitor, "best_monitor": self.best_monitor}
         self.log(f"rank {self.ctx.rank} final weights sha256 {checkpoint.weights_digest(self.model)}")
         if self.ctx.distributed:
             dist.barrier()  # best.pt is written by rank 0 before anyone reads it
-        if self.spec.evaluate_test and len(self.data["test"]):
-            best = checkpoint.load(self.run.store, self.run.key("checkpoints/best.pt"))
-            if best is not None:
-                self.model.load_state_dict(best["model"])
+        best_key = self.run.key("checkpoints/best.pt")
+        if not self.run.store.exists(best_key):
+            seen = [monitor_value(spec.monitor, h["val"]) for h in self.history]
+            raise CxrError(
+                f"run {self.run.run_id}: no epoch improved {spec.monitor} (values per epoch: {seen}), "
+                f"so there is no {self.run.store.url}/{best_key} to score; the test split was not "
+                "looked at. A NaN loss usually means the learning rate is too high: lower --lr")
+        # The best weights from here on: the test score and the OOD detector describe best.pt.
+        self.model.load_state_dict(checkpoint.load(self.run.store, best_key)["model"])
+        if spec.evaluate_test and len(self.data["test"]):
             result["test"] = self.evaluate("test")
         ood.fit_for_run(self.run.store, self.run.run_id, self.ctx, self.data, self.micro, self.log)
         if self.ctx.is_main:
             store = self.run.store
             store.put_text(self.run.key("artifacts/result.json"), json.dumps(result, indent=1))
             where = f"{store.url}/{self.run.key('')}"
-            msg = headline(result["test"]) if "test" in result else f"best val loss {self.best_val:.4f}"
+            msg = headline(result["test"]) if "test" in result else f"best {spec.monitor} {self.best_monitor:.4f}"
             self.log(f"run {self.run.run_id} finished {result['epochs']} epochs: test {msg}; artifacts: {where}")
         return result

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+import typing
 from pathlib import Path
 from typing import Optional
 
@@ -12,10 +15,11 @@ from cxrjobs.backends import get_backend
 from cxrjobs.backends.base import JobStatus
 from cxrjobs.cli.common import out, print_json
 from cxrjobs.cli.kube import current as kube_options, kubernetes_options
+from cxrjobs.jobs import presets
 from cxrjobs.jobs.resolve import resolve_job
 from cxrjobs.specs.preprocess import normalize_source
 
-app = typer.Typer(no_args_is_help=True, help="Submit a job: nih-train, preprocess.")
+app = typer.Typer(no_args_is_help=True, help="Submit a job: nih-train, train, transfer, preprocess.")
 
 BACKEND = typer.Option("local", help="where replicas run: local (processes on this machine) | kubernetes")
 WAIT = typer.Option(False, "--wait", help="stream replica 0's log and wait for the end")
@@ -55,46 +59,111 @@ def _finish(job, backend: str, wait: bool, as_json: bool, dry_run: bool) -> None
         raise typer.Exit(1)
 
 
+# -- training flags: one definition shared by nih-train, train and transfer ---------------------
+# name -> (type, option). Each becomes a keyword of the command; `training_flags` gathers them
+# into the `train` payload (None = not given: the preset or spec file decides).
+TRAIN_FLAGS: dict[str, tuple[object, object]] = {
+    "data": (Optional[str], typer.Option(None, help="dataset: store prefix datasets/NAME or local folder")),
+    "model": (Optional[str], typer.Option(None, help="smallcnn | resnext50 | densenet121")),
+    "image_size": (Optional[int], typer.Option(None, help="must match the dataset (default: its size)")),
+    "epochs": (Optional[int], typer.Option(None)),
+    "optimizer": (Optional[str], typer.Option(None, help="sgd | adam")),
+    "lr": (Optional[float], typer.Option(None)),
+    "momentum": (Optional[float], typer.Option(None)),
+    "weight_decay": (Optional[float], typer.Option(None)),
+    "scheduler": (Optional[str], typer.Option(None, help="none | step (StepLR)")),
+    "step_size": (Optional[int], typer.Option(None)),
+    "gamma": (Optional[float], typer.Option(None)),
+    "batch_size": (Optional[int], typer.Option(None, help="global batch (paper: 1024 for NIH, 32 for COVID)")),
+    "micro_batch_size": (Optional[int], typer.Option(None, help="largest per-replica forward batch")),
+    "objective": (Optional[str], typer.Option(None, help="multilabel (findings, AUROC) | multiclass (softmax, accuracy)")),
+    "pretrained": (Optional[str], typer.Option(None, help="imagenet | PATH | s3://... | store key (resnext50, densenet121)")),
+    "init_from": (Optional[str], typer.Option(None, help="run id, store key or file: start from its weights, minus the head")),
+    "freeze": (Optional[str], typer.Option(None, help="none | conv | conv+fc1, or comma-separated parameter-name prefixes")),
+    "sampler": (Optional[str], typer.Option(None, help="shuffle | balanced (minority oversampling to ~50/50)")),
+    "monitor": (Optional[str], typer.Option(None, help="validation metric that picks best.pt (default val_loss)")),
+    "rotation": (Optional[float], typer.Option(None, help="random rotation augmentation, max degrees (train split only)")),
+    "seed": (Optional[int], typer.Option(None)),
+    "deterministic": (Optional[bool], typer.Option(None, "--deterministic/--no-deterministic")),
+    "threads": (Optional[int], typer.Option(None, help="torch threads per replica (default cores / replicas)")),
+    "bootstrap": (Optional[int], typer.Option(None, help="bootstrap replicates for CIs")),
+}
+JOB_FLAGS: dict[str, tuple[object, object]] = {
+    "replicas": (Optional[int], typer.Option(None, help="processes / pods (default 1)")),
+    "name": (Optional[str], typer.Option(None, help="run id (default: generated); resubmit it to resume")),
+    "backoff_limit": (Optional[int], typer.Option(None, help="group restarts after a failure (default 3)")),
+    "rendezvous_timeout": (Optional[float], typer.Option(None, help="seconds to wait for all replicas")),
+}
+
+
+def training_flags(func):
+    """Add TRAIN_FLAGS and JOB_FLAGS to a command; it receives them as job overrides `job`:
+    {name, replicas, ..., train: {...}}."""
+    sig = inspect.signature(func)
+    extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=t)
+             for n, (t, opt) in {**JOB_FLAGS, **TRAIN_FLAGS}.items()]
+    params = [p for p in sig.parameters.values() if p.name != "job"]
+
+    @functools.wraps(func)
+    def command(**kwargs):
+        train = {n: kwargs.pop(n) for n in TRAIN_FLAGS}
+        train["augment"] = {"rotation": train.pop("rotation")}
+        job = {n: kwargs.pop(n) for n in JOB_FLAGS}
+        job["train"] = train
+        return func(job=job, **kwargs)
+
+    command.__signature__ = sig.replace(parameters=params + extra)
+    hints = {k: v for k, v in typing.get_type_hints(func).items() if k != "job"}
+    command.__annotations__ = {**hints, **{n: t for n, (t, _) in {**JOB_FLAGS, **TRAIN_FLAGS}.items()}}
+    del command.__wrapped__  # typer must see the signature above, not func's
+    return command
+
+
 @app.command("nih-train")
 @kubernetes_options
-def nih_train(replicas: Optional[int] = typer.Option(None, help="processes / pods (default 1)"),
-              data: Optional[str] = typer.Option(None, help="dataset: store prefix datasets/NAME or local folder"),
-              model: Optional[str] = typer.Option(None, help="smallcnn | resnext50 | densenet121"),
-              image_size: Optional[int] = typer.Option(None, help="must match the dataset (default: its size)"),
-              epochs: Optional[int] = typer.Option(None),
-              optimizer: Optional[str] = typer.Option(None, help="sgd | adam"),
-              lr: Optional[float] = typer.Option(None),
-              momentum: Optional[float] = typer.Option(None),
-              weight_decay: Optional[float] = typer.Option(None),
-              scheduler: Optional[str] = typer.Option(None, help="none | step"),
-              step_size: Optional[int] = typer.Option(None),
-              gamma: Optional[float] = typer.Option(None),
-              batch_size: Optional[int] = typer.Option(None, help="global batch (paper: 1024)"),
-              micro_batch_size: Optional[int] = typer.Option(None, help="largest per-replica forward batch"),
-              objective: Optional[str] = typer.Option(None, help="multilabel (14 findings, AUROC) | multiclass (15-way, accuracy)"),
-              pretrained: Optional[str] = typer.Option(None, help="imagenet | PATH | s3://... (resnext50, densenet121)"),
-              seed: Optional[int] = typer.Option(None),
-              deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic"),
-              threads: Optional[int] = typer.Option(None, help="torch threads per replica (default cores / replicas)"),
-              bootstrap: Optional[int] = typer.Option(None, help="bootstrap replicates for CIs"),
-              name: Optional[str] = typer.Option(None, help="run id (default: generated)"),
-              backoff_limit: Optional[int] = typer.Option(None, help="group restarts after a failure (default 3)"),
-              rendezvous_timeout: Optional[float] = typer.Option(None, help="seconds to wait for all replicas"),
-              spec_file: Optional[Path] = SPEC, backend: str = BACKEND, wait: bool = WAIT,
+@training_flags
+def nih_train(job: dict, spec_file: Optional[Path] = SPEC, backend: str = BACKEND, wait: bool = WAIT,
               as_json: bool = JSON, dry_run: bool = DRY):
-    """Pre-train on NIH ChestX-ray14 with DDP over gloo (nccl on GPUs).
+    """Pre-train on NIH ChestX-ray14 with DDP over gloo (nccl on GPUs): the paper's preset of the
+    training loop.
 
     Example: cxrjobs submit nih-train --replicas 2 --data datasets/nih-224 --epochs 10 --wait
     """
-    train = dict(data=data, model=model, image_size=image_size, epochs=epochs, optimizer=optimizer,
-                 lr=lr, momentum=momentum, weight_decay=weight_decay, scheduler=scheduler,
-                 step_size=step_size, gamma=gamma, batch_size=batch_size,
-                 micro_batch_size=micro_batch_size, objective=objective, pretrained=pretrained,
-                 seed=seed, deterministic=deterministic, threads=threads, bootstrap=bootstrap)
-    job = resolve_job("nih-train", spec_file, dict(
-        name=name, replicas=replicas, backoff_limit=backoff_limit,
-        rendezvous_timeout=rendezvous_timeout, train=train))
-    _finish(job, backend, wait, as_json, dry_run)
+    _finish(resolve_job("nih-train", spec_file, job, presets.defaults("nih-train")),
+            backend, wait, as_json, dry_run)
+
+
+@app.command("train")
+@kubernetes_options
+@training_flags
+def train(job: dict, spec_file: Optional[Path] = SPEC, backend: str = BACKEND, wait: bool = WAIT,
+          as_json: bool = JSON, dry_run: bool = DRY):
+    """Train any model on any preprocessed dataset: the paper's baselines (ResNeXt-50 from random
+    init, or from ImageNet weights given as a file or object key). Defaults: 2-class softmax,
+    batch 32, balanced sampler, SGD lr 0.001, best by val loss; flags override them.
+
+    Example: cxrjobs submit train --model resnext50 --pretrained weights/resnext50-imagenet.pth --data datasets/covid-224 --wait
+    """
+    _finish(resolve_job("train", spec_file, job, presets.defaults("train")), backend, wait, as_json, dry_run)
+
+
+@app.command("transfer")
+@kubernetes_options
+@training_flags
+def transfer(job: dict,
+             method: int = typer.Option(..., "--method", help="1: NIH small CNN, conv frozen, SGD+StepLR, batch 32; "
+                                        "2: NIH ResNeXt-50, oversampling, 224 px, best by val loss"),
+             source: Optional[str] = typer.Option(None, "--from", help="the pre-training run (or checkpoint) to start from"),
+             spec_file: Optional[Path] = SPEC, backend: str = BACKEND, wait: bool = WAIT,
+             as_json: bool = JSON, dry_run: bool = DRY):
+    """Fine-tune a pre-trained run on another dataset with a new head (the paper's methods 1 and 2).
+    The method's preset fills what the flags leave open.
+
+    Example: cxrjobs submit transfer --method 1 --from nih-train-20260101-120000-ab12 --data datasets/covid-224 --wait
+    """
+    job["train"]["init_from"] = source or job["train"]["init_from"]
+    _finish(resolve_job("transfer", spec_file, job, presets.defaults("transfer", method)),
+            backend, wait, as_json, dry_run)
 
 
 @app.command("preprocess")

@@ -25,7 +25,8 @@ def _drop_none(d: dict) -> dict:
     return {k: (_drop_none(v) if isinstance(v, dict) else v) for k, v in d.items() if v is not None}
 
 
-def resolve_job(kind: str, spec_file: Path | None, overrides: dict) -> JobSpec:
+def resolve_job(kind: str, spec_file: Path | None, overrides: dict, defaults: dict | None = None) -> JobSpec:
+    """defaults (a preset, cxrjobs.jobs.presets) < the spec file < the flags in `overrides`."""
     doc: dict = {}
     if spec_file is not None:
         try:
@@ -36,7 +37,7 @@ def resolve_job(kind: str, spec_file: Path | None, overrides: dict) -> JobSpec:
             raise ConfigError(f"{spec_file}: expected a mapping (replicas:, train: ...)")
         if doc.get("kind", kind) != kind:
             raise ConfigError(f"{spec_file}: kind {doc['kind']!r} does not match `submit {kind}`")
-    merged = _merge(doc, _drop_none(overrides))
+    merged = _merge(_merge(defaults or {}, doc), _drop_none(overrides))
     merged["kind"] = kind
     merged.setdefault("name", new_run_id(kind))
     try:

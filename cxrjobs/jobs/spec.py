@@ -72,6 +72,8 @@ class JobSpec(BaseModel):
         need = KINDS[self.kind].payload
         if getattr(self, need) is None:
             raise ValueError(f"a {self.kind} job needs a '{need}' section")
+        if self.kind == "transfer" and not self.train.init_from:
+            raise ValueError("a transfer job starts from a pre-trained run: pass --from RUN (train.init_from)")
         return self
 
     @property

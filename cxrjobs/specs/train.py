@@ -67,6 +67,14 @@ class TrainSpec(BaseModel):
             raise ValueError(f"unknown monitor {v!r}; choose one of {sorted(MONITORS)}")
         return v
 
+    @field_validator("freeze", mode="before")
+    @classmethod
+    def _freeze_text(cls, v):
+        # From the command line: a preset name, or comma-separated prefixes.
+        if isinstance(v, str) and v not in FREEZE_PRESETS:
+            return [p.strip() for p in v.split(",")]
+        return v
+
     @field_validator("freeze")
     @classmethod
     def _freeze_prefixes(cls, v):

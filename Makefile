@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# The paper pipeline on phantom data at small sizes (64 px, 600 NIH / 240 COVID images, few
+# epochs) on the local backend; a rerun skips finished stages.
 demo: install
-	$(VENV)/bin/cxrjobs demo --out $(DEMO_DIR)
+	$(VENV)/bin/cxrjobs pipeline paper --backend local --replicas 2 --out $(DEMO_DIR)
 
 test: install chromium
 	$(PY) -m pytest -q -ra

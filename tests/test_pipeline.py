@@ -1,0 +1,63 @@
+"""`cxrjobs pipeline paper` on tiny phantom data with the real local backend (every stage a
+job of OS processes): a rerun skips finished stages and resumes an interrupted one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cxrjobs.errors import CxrError
+from cxrjobs.pipeline import PaperConfig, paper_stages, run_pipeline
+from cxrjobs.storage import join_key
+
+pytestmark = pytest.mark.slow
+
+
+def tiny(tmp_path, **kw) -> PaperConfig:
+    opts = dict(name="tiny", replicas=1, out=tmp_path / "out", size=32, nih_epochs=2, epochs=1,
+                phantom_nih=80, phantom_covid=60, threads=1)
+    return PaperConfig(**{**opts, **kw})
+
+
+def test_rerun_skips_finished_stages_and_resumes_an_interrupted_one(local_env, tmp_path):
+    said = []
+    first = run_pipeline(tiny(tmp_path), say=said.append, stream=lambda m: None)
+    keys = [s["stage"] for s in first.stages]
+    assert keys[:5] == ["nih-data", "covid-data", "test2-data", "nih-smallcnn", "nih-resnext50"]
+    assert {"method1", "method2", "resnext-scratch"} <= set(keys)
+    assert all(s["status"] == "ran" for s in first.stages)
+    assert any("PHANTOM" in m for m in said)  # it says the data is synthetic
+    assert any(m.startswith("[4/") and "tiny-nih-smallcnn" in m for m in said)  # progress names the stage
+    m1 = next(s for s in first.stages if s["stage"] == "method1")
+    assert m1["result"]["test"]["split"] == "test" and "auroc" in m1["result"]["test"]
+
+    # An interrupted stage: its result is gone but its checkpoint is there.
+    store = local_env
+    store.delete(join_key("runs", "tiny-method1", "artifacts", "result.json"))
+    said.clear()
+    logs = []
+    second = run_pipeline(tiny(tmp_path), say=said.append, stream=logs.append)
+    status = {s["stage"]: s["status"] for s in second.stages}
+    assert status.pop("method1") == "resumed"
+    assert set(status.values()) == {"skipped"}, status
+    assert any("resumed from checkpoint: 1 of 1 epochs done" in line for line in logs)
+    assert any("already done, skipped" in m for m in said)
+    summary = json.loads(store.get_text(join_key("pipelines", "tiny", "summary.json")))
+    assert summary["stages"][0]["status"] == "skipped"
+
+    # Other options under the same pipeline name: an error, never mixed outputs.
+    with pytest.raises(CxrError, match="exists with other options"):
+        run_pipeline(tiny(tmp_path, nih_epochs=3), say=lambda m: None, stream=lambda m: None)
+
+
+def test_stage_names_are_deterministic_and_real_data_has_no_phantom_test2(tmp_path):
+    cfg = PaperConfig(name="p", nih=str(tmp_path), covid=str(tmp_path), imagenet="w.pth").resolved()
+    a, b = paper_stages(cfg), paper_stages(cfg)
+    assert [s.job.name for s in a] == [s.job.name for s in b]
+    assert [s.key for s in a] == ["nih-data", "covid-data", "nih-smallcnn", "nih-resnext50", "method1",
+                                  "method2", "resnext-scratch", "resnext-imagenet"]
+    m2 = next(s for s in a if s.key == "method2").job.train
+    assert (m2.model, m2.sampler, m2.init_from, m2.image_size) == ("resnext50", "balanced", "p-nih-resnext50", 224)
+    m1 = next(s for s in a if s.key == "method1").job.train
+    assert (m1.freeze, m1.scheduler, m1.step_size, m1.batch_size) == ("conv", "step", 7, 32)

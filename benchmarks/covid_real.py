@@ -5,7 +5,8 @@ Methods: smallcnn from scratch; method 1 (smallcnn pre-trained on ../shared/data
 frozen, new head); method 2 (ResNeXt-50 pre-trained on nih-sample, new head, oversampling);
 ResNeXt-50 from scratch. Model selection (best epoch, decision threshold) uses validation only:
 the threshold is Youden's J on validation probabilities; the test split is scored once at the end.
-CPU minutes are process CPU time (all threads), pre-training included for methods 1 and 2.
+CPU minutes are process CPU time (all threads) of training, pre-training included for methods 1
+and 2; scoring runs the `evaluate` job's code in-process.
 
 Usage: python benchmarks/covid_real.py [--size 128] [--epochs 30] [--quick] [--only NAME ...]
 Goal: the best method reaches test ROC AUC >= 0.90 within 15 CPU-minutes.
@@ -22,7 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
@@ -36,7 +36,8 @@ from cxrjobs.specs.train import TrainSpec  # noqa: E402
 from cxrjobs.storage import LocalStore  # noqa: E402
 from cxrjobs.train.distributed import DistContext  # noqa: E402
 from cxrjobs.train.loop import Run, Trainer  # noqa: E402
-from cxrjobs.train.metrics import bootstrap_weights, weighted_auroc  # noqa: E402
+from cxrjobs.eval.job import evaluate  # noqa: E402
+from cxrjobs.specs.eval import EvalSpec  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 SOLO = DistContext(0, 1, torch.device("cpu"), None)
@@ -50,42 +51,6 @@ def dataset(store_root: Path, source: Path, fmt: str, size: int, seed: int,
     if not (out / "manifest.json").is_file():
         preprocess(spec, LocalStore(out), "", show_progress=False)
     return out
-
-
-@torch.no_grad()
-def probabilities(t: Trainer, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """P(COVID) of the trainer's current (best) weights on a split, with labels and patients."""
-    from cxrjobs.data.transforms import prepare
-    ds = t.data[split]
-    t.model.eval()
-    x, y = ds.__getitems__(list(range(len(ds))))
-    logits = torch.cat([t.model(prepare(c)) for c in x.split(64)])
-    t.model.train()
-    return torch.softmax(logits, 1)[:, 1].numpy(), y.numpy(), ds.patients
-
-
-def youden(p: np.ndarray, y: np.ndarray) -> float:
-    best, thr = -1.0, 0.5
-    for c in np.unique(p):
-        pred = p >= c
-        j = pred[y == 1].mean() + (~pred[y == 0]).mean() - 1
-        if j > best:
-            best, thr = j, float(c)
-    return thr
-
-
-def binary_scores(p, y, patients, threshold, n_boot=1000, seed=0) -> dict:
-    w = bootstrap_weights(patients, n_boot, seed)
-    auc = weighted_auroc(p, y == 1, w)
-    pred = p >= threshold
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sens = (w @ (pred & (y == 1))) / (w @ (y == 1))
-        spec = (w @ (~pred & (y == 0))) / (w @ (y == 0))
-    ci = lambda v: [float(np.nanpercentile(v[1:], 2.5)), float(np.nanpercentile(v[1:], 97.5))]
-    return {"auroc": float(auc[0]), "auroc_ci": ci(auc), "balanced_accuracy": float((sens[0] + spec[0]) / 2),
-            "balanced_accuracy_ci": ci((sens + spec) / 2), "sensitivity": float(sens[0]),
-            "specificity": float(spec[0]), "threshold": threshold, "images": int(len(y)),
-            "patients": int(len(np.unique(patients)))}
 
 
 def train(store: LocalStore, run: str, **spec) -> tuple[Trainer, float, dict]:
@@ -139,12 +104,16 @@ def run(a) -> list[dict]:
                       f"{res['best_val_loss']:.4f}", flush=True)
                 pre_cache[arch] = (run_id, minutes)
             spec["init_from"], pre_min = pre_cache[arch]
-        t, minutes, res = train(store, f"covid-{name.replace(' ', '-')}", **spec)
-        # t.model holds best.pt (Trainer._finish loads it before scoring); threshold on validation.
-        pv, yv, _ = probabilities(t, "val")
-        thr = youden(pv, yv)
-        pt, yt, pat = probabilities(t, "test")
-        s = binary_scores(pt, yt, pat, thr)
+        run_id = f"covid-{name.replace(' ', '-')}"
+        t, minutes, res = train(store, run_id, **spec)
+        # The evaluate job's code: best.pt, threshold (Youden's J) on the run's validation split,
+        # then the test split once, with patient-bootstrap CIs.
+        ev = evaluate(EvalSpec(run=run_id, data=str(covid), split="test", name="test1", bootstrap=1000,
+                               examples=0), store, log=lambda m: None)
+        s = {k: ev[k] for k in ("auroc", "auroc_ci", "balanced_accuracy", "balanced_accuracy_ci",
+                                "sensitivity", "specificity")}
+        s.update(threshold=ev["threshold"], images=ev["n_images"], patients=ev["n_patients"])
+        thr = s["threshold"]
         best_epoch = max(i for i, h in enumerate(t.history) if h["best"]) + 1
         row = {"method": name, **s, "cpu_minutes": pre_min + minutes, "pretrain_cpu_minutes": pre_min,
                "best_epoch": best_epoch, "epochs": len(t.history),

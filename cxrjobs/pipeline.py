@@ -1,8 +1,9 @@
 """`cxrjobs pipeline paper`: the paper's experiment as a chain of jobs on one backend.
 
 preprocess (NIH, COVID, test 2) -> nih-train (DDP; smallcnn and resnext50) -> transfer methods 1
-and 2 -> ResNeXt-50 baselines (scratch; ImageNet weights when a weights file is given) -> scores
-on test 1 and test 2.
+and 2 -> ResNeXt-50 baselines (scratch; ImageNet weights when a weights file is given) ->
+evaluate jobs on test 1 (the COVID test split) and test 2 (every image of the external set) ->
+the HTML report comparing the methods.
 
 Every stage is a job submitted through api.submit under a deterministic run name
 (<pipeline>-<stage>), so a rerun skips the stages whose outputs are in the store and resubmits an
@@ -69,7 +70,8 @@ class Stage:
     title: str
     job: JobSpec
     output: str                  # store key whose presence means "done"
-    role: str = ""               # for the summary: method name of a model run
+    role: str = ""               # the method (model runs and their evaluations)
+    test_set: str = ""           # evaluate stages: test1 | test2
     after: Callable[[ObjectStore], None] | None = None
 
 
@@ -81,6 +83,7 @@ class PipelineResult:
     seconds: float = 0.0
     sizes: dict = field(default_factory=dict)
     summary_path: str = ""
+    report_path: str = ""
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -108,6 +111,16 @@ def _train(cfg: PaperConfig, key: str, kind: str, title: str, train: dict, role:
     job = resolve_job(kind, None, {"name": name, "replicas": cfg.replicas, "train": train},
                       presets.defaults(kind, method))
     return Stage(key, title, job, join_key("runs", name, "artifacts", "result.json"), role)
+
+
+def _evaluate(cfg: PaperConfig, model: Stage, data_key: str, split: str, as_name: str) -> Stage:
+    run = model.job.name
+    job = resolve_job("evaluate", None, {
+        "name": _run_name(cfg, f"eval-{model.key}-{as_name}"), "replicas": cfg.replicas,
+        "evaluate": {"run": run, "data": f"datasets/{_run_name(cfg, data_key)}", "split": split,
+                     "name": as_name}})
+    return Stage(f"eval-{model.key}-{as_name}", f"evaluate {model.role} on {as_name} ({split} split)", job,
+                 join_key("runs", run, "eval", as_name, "results.json"), model.role, test_set=as_name)
 
 
 def phantom_data(cfg: PaperConfig, say: Callable[[str], None]) -> PaperConfig:
@@ -175,7 +188,20 @@ def paper_stages(cfg: PaperConfig) -> list[Stage]:
         stages.append(_train(cfg, "resnext-imagenet", "train", "baseline: resnext50 from ImageNet weights",
                              {**covid, "model": "resnext50", "pretrained": cfg.imagenet},
                              "ResNeXt-50 ImageNet"))
+    models = [s for s in stages if s.role]  # the trained models, before any evaluate stage
+    stages += [_evaluate(cfg, m, "covid-data", "test", "test1") for m in models]
+    if cfg.test2:
+        stages += [_evaluate(cfg, m, "test2-data", "all", "test2") for m in models]
     return stages
+
+
+def report_title(cfg: PaperConfig) -> str:
+    if not cfg.phantom:
+        return (f"cxrjobs paper pipeline '{cfg.name}': {cfg.size} px, {cfg.nih_epochs} NIH / {cfg.epochs} "
+                "COVID epochs")
+    return (f"cxrjobs paper pipeline '{cfg.name}' on PHANTOM data (synthetic, not X-rays): "
+            f"{cfg.phantom_nih} NIH / {cfg.phantom_covid} COVID images at {cfg.size} px, {cfg.nih_epochs} NIH / "
+            f"{cfg.epochs} COVID epochs, Adam - smaller than the paper (224 px, full NIH, SGD)")
 
 
 def _check_same_spec(store: ObjectStore, job: JobSpec) -> None:
@@ -231,23 +257,27 @@ def run_pipeline(cfg: PaperConfig, say: Callable[[str], None] = print,
         secs = time.perf_counter() - t
         say(f"[{i}/{len(stages)}] {stage.key}: {'already done, skipped' if how == 'skipped' else how + f' in {secs:.0f}s'}")
         entry = {"stage": stage.key, "run": stage.job.name, "kind": stage.job.kind, "status": how,
-                 "seconds": round(secs, 1), "role": stage.role}
-        if stage.job.kind != "preprocess":
+                 "seconds": round(secs, 1), "role": stage.role, "test_set": stage.test_set}
+        if stage.job.kind == "evaluate":
+            res = json.loads(store.get_text(stage.output))
+            entry["result"] = {k: res.get(k) for k in ("dataset", "split", "n_images", "n_patients",
+                                                         "threshold", "auroc", "auroc_ci", "balanced_accuracy",
+                                                         "sensitivity", "specificity")}
+        if stage.job.kind not in ("preprocess", "evaluate"):
             entry["result"] = json.loads(store.get_text(stage.output))
         result.stages.append(entry)
+    from cxrjobs.report.html import write_report
+    n = len(stages) + 1
+    report = cfg.out / "report.html"
+    models = [s.job.name for s in stages if s.role and s.job.kind != "evaluate"]
+    say(f"[{n}/{n}] report of {len(models)} runs -> {report}")
+    rep = write_report(store, models, report, report_title(cfg))
+    result.report_path = rep["path"]
     result.seconds = time.perf_counter() - t0
     key = join_key("pipelines", cfg.name, "summary.json")
     store.put_text(key, json.dumps(result.to_dict(), indent=1, default=str))
     result.summary_path = f"{store.url}/{key}"
     return result
-
-
-def _metric(m: dict | None, name: str) -> str:
-    v = (m or {}).get(name) or {}
-    if v.get("value") is None:
-        return "n/a"
-    ci = f" [{v['ci'][0]:.2f}, {v['ci'][1]:.2f}]" if v.get("ci") else ""
-    return f"{v['value']:.3f}{ci}"
 
 
 def summary_lines(result: PipelineResult) -> list[str]:
@@ -259,14 +289,22 @@ def summary_lines(result: PipelineResult) -> list[str]:
                      f"{s['phantom_covid_images']} COVID images at {s['image_size']} px, "
                      f"{s['nih_epochs']} NIH / {s['covid_epochs']} COVID epochs - far smaller than the paper's "
                      "224 px and full NIH; the numbers show the pipeline works, not the paper's results")
-    lines.append(f"{'method':<22} {'run':<28} {'test AUROC [95% CI]':<24} {'balanced acc.':<22} images/patients")
+    lines.append(f"{'method':<20} {'test set':<8} {'AUROC [95% CI]':<22} {'bal. acc.':<9} {'sens.':<6} "
+                 f"{'spec.':<6} images/patients")
     for st in result.stages:
-        test = (st.get("result") or {}).get("test")
-        if not st["role"] or not test:
+        r = st.get("result") or {}
+        if st["kind"] != "evaluate" or r.get("auroc") is None:
             continue
-        lines.append(f"{st['role']:<22} {st['run']:<28} {_metric(test, 'auroc'):<24} "
-                     f"{_metric(test, 'balanced_accuracy'):<22} {test['images']}/{test['patients']}")
+        ci = f" [{r['auroc_ci'][0]:.2f}, {r['auroc_ci'][1]:.2f}]" if r.get("auroc_ci") else ""
+        lines.append(f"{st['role']:<20} {st['test_set']:<8} {r['auroc']:.3f}{ci:<16} "
+                     f"{_num(r.get('balanced_accuracy')):<9} {_num(r.get('sensitivity')):<6} "
+                     f"{_num(r.get('specificity')):<6} {r['n_images']}/{r['n_patients']}")
     ran = sum(s["status"] != "skipped" for s in result.stages)
     lines.append(f"pipeline {result.name}: {len(result.stages)} stages ({ran} run, "
                  f"{len(result.stages) - ran} already done) in {result.seconds:.0f}s; summary: {result.summary_path}")
+    lines.append(f"report: {result.report_path}")
     return lines
+
+
+def _num(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"

@@ -121,8 +121,8 @@ def build_report(store: ObjectStore, runs: list[str], title: str = "cxrjobs repo
     return html, summary
 
 
-def write_report(store: ObjectStore, runs: list[str], out: str | Path) -> dict:
-    html, summary = build_report(store, runs)
+def write_report(store: ObjectStore, runs: list[str], out: str | Path, title: str = "cxrjobs report") -> dict:
+    html, summary = build_report(store, runs, title)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

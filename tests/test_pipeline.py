@@ -31,6 +31,11 @@ def test_rerun_skips_finished_stages_and_resumes_an_interrupted_one(local_env, t
     assert any(m.startswith("[4/") and "tiny-nih-smallcnn" in m for m in said)  # progress names the stage
     m1 = next(s for s in first.stages if s["stage"] == "method1")
     assert m1["result"]["test"]["split"] == "test" and "auroc" in m1["result"]["test"]
+    ev = {(s["role"], s["test_set"]): s["result"] for s in first.stages if s["kind"] == "evaluate"}
+    assert set(ev) == {(r, t) for r in ("method 1", "method 2", "ResNeXt-50 scratch") for t in ("test1", "test2")}
+    assert ev[("method 1", "test1")]["split"] == "test" and ev[("method 1", "test2")]["split"] == "all"
+    html = open(first.report_path).read()
+    assert "PHANTOM" in html and "tiny-method2" in html and "tiny-resnext-scratch" in html
 
     # An interrupted stage: its result is gone but its checkpoint is there.
     store = local_env

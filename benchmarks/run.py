@@ -23,7 +23,7 @@ sys.path.insert(0, str(HERE))
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller inputs (a smoke run)")
-    ap.add_argument("--only", choices=["data", "train", "cli", "predict"])
+    ap.add_argument("--only", choices=["data", "train", "cli", "predict", "covid"])
     ap.add_argument("--workdir", type=Path, default=HERE / "results" / "work")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -41,6 +41,9 @@ def main() -> int:
     if args.only in (None, "predict"):
         import bench_predict
         rows += bench_predict.run(quick=args.quick, workdir=args.workdir)
+    if args.only in (None, "covid"):
+        import covid_real
+        rows += covid_real.run(quick=args.quick, workdir=args.workdir)
 
     table = Table("group", "benchmark", "value", "goal", "ok", title="cxrjobs benchmarks")
     for r in rows:

@@ -20,6 +20,7 @@ def tiny(tmp_path, **kw) -> PaperConfig:
     return PaperConfig(**{**opts, **kw})
 
 
+@pytest.mark.timeout(2400)  # 14 jobs, each its own processes: ~3 minutes on an idle 2-core machine
 def test_rerun_skips_finished_stages_and_resumes_an_interrupted_one(local_env, tmp_path):
     said = []
     first = run_pipeline(tiny(tmp_path), say=said.append, stream=lambda m: None)

@@ -168,3 +168,28 @@ def test_balanced_sampler_trains_on_both_classes_evenly(phantom_covid_64, local_
     y = t.data["train"].targets.numpy()
     drawn = y[np.asarray(list(sampler))]
     assert 0.35 < drawn.mean() < 0.65, (y.mean(), drawn.mean())
+
+
+def test_pretrained_weights_from_a_store_key_or_s3_url(phantom_covid_64, local_env):
+    """The baselines' ImageNet start, with a saved random ImageNet-shaped state dict (no downloads
+    here): RGB first conv and 1000-class head, as torchvision ships them."""
+    import io
+
+    import torchvision
+
+    ref = torchvision.models.resnext50_32x4d(weights=None).state_dict()
+    buf = io.BytesIO()
+    torch.save(ref, buf)
+    local_env.put_bytes("weights/rx50.pth", buf.getvalue())
+    for where in ("weights/rx50.pth", f"s3://bucket/weights/rx50.pth"):
+        if where.startswith("s3://"):
+            with pytest.raises(CxrError, match="outside the configured store"):
+                Trainer(TrainSpec(data=str(phantom_covid_64), model="resnext50", pretrained=where, **QUIET),
+                        Run(local_env, "pre"), SOLO)
+            continue
+        t = Trainer(TrainSpec(data=str(phantom_covid_64), model="resnext50", objective="multiclass",
+                              pretrained=where, **QUIET), Run(local_env, "pre"), SOLO)
+        own = t.model.state_dict()
+        assert torch.equal(own["layer3.2.conv2.weight"], ref["layer3.2.conv2.weight"])
+        assert torch.equal(own["conv1.weight"], ref["conv1.weight"].sum(dim=1, keepdim=True))
+        assert own["fc.weight"].shape == (2, 2048)

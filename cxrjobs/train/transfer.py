@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cxrjobs.errors import CxrError
+from cxrjobs.errors import CxrError, StoreError
 from cxrjobs.models import HEADS, freeze_prefixes, is_head, load_state_checked, under
 from cxrjobs.storage import ObjectStore, join_key
 
@@ -46,7 +46,7 @@ def locate_weights(ref: str, store: ObjectStore) -> tuple[str, str]:
         try:
             if store.exists(key):
                 return "key", key
-        except ValueError:  # not a valid key (e.g. '..'): try it as a file below
+        except StoreError:  # not a valid key (e.g. '../w.pt'): try it as a file below
             pass
     if os.path.isfile(ref):
         return "file", ref

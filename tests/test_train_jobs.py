@@ -1,0 +1,51 @@
+"""The train and transfer job kinds: presets under flags, one shared set of training flags."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from cxrjobs.cli import app
+from cxrjobs.errors import ConfigError
+from cxrjobs.jobs import presets
+from cxrjobs.jobs.resolve import resolve_job
+
+
+def test_transfer_method_presets_and_flags_override_them(local_env):
+    m1 = resolve_job("transfer", None, {"train": {"data": "d", "init_from": "nih"}}, presets.defaults("transfer", 1)).train
+    assert (m1.model, m1.freeze, m1.optimizer, m1.scheduler, m1.step_size, m1.gamma, m1.batch_size) == \
+        ("smallcnn", "conv", "sgd", "step", 7, 0.1, 32)
+    assert m1.objective == "multiclass" and m1.init_from == "nih"
+    m2 = resolve_job("transfer", None, {"train": {"data": "d", "init_from": "nih", "freeze": "layer1,layer2",
+                                                  "augment": {"rotation": 5}}},
+                     presets.defaults("transfer", 2)).train
+    assert (m2.model, m2.sampler, m2.image_size, m2.monitor) == ("resnext50", "balanced", 224, "val_loss")
+    assert m2.freeze == ["layer1", "layer2"] and m2.augment.rotation == 5 and m2.augment.hflip == 0.5
+    with pytest.raises(ConfigError, match="choose one of \\[1, 2\\]"):
+        presets.defaults("transfer", 3)
+    with pytest.raises(ConfigError, match="pass --from RUN"):
+        resolve_job("transfer", None, {"train": {"data": "d"}}, presets.defaults("transfer", 1))
+
+
+def test_cli_train_and_transfer_share_the_training_flags(local_env):
+    from cxrjobs.cli import submit
+
+    for cmd in ("nih-train", "train", "transfer"):
+        res = CliRunner().invoke(app, ["submit", cmd, "--help"])
+        assert res.exit_code == 0 and "Example: cxrjobs submit" in res.output
+        for flag in ("--init-from", "--freeze", "--sampler", "--monitor", "--rotation", "--replicas"):
+            assert flag in res.output, (cmd, flag)
+    assert len(submit.TRAIN_FLAGS) > 20  # one definition, used by the three commands
+    res = CliRunner().invoke(app, ["submit", "transfer", "--method", "1", "--from", "nih-run", "--data", "d",
+                                   "--lr", "0.05", "--freeze", "conv+fc1", "--dry-run", "--json", "--name", "t1"])
+    assert res.exit_code == 0, res.output
+    spec = json.loads(res.output)["objects"][0]["env"]
+    assert spec["CXRJOBS_RUN_ID"] == "t1"
+    # Errors name the field (main() turns them into exit code 2).
+    res = CliRunner().invoke(app, ["submit", "transfer", "--method", "1", "--data", "d", "--dry-run"])
+    assert isinstance(res.exception, ConfigError) and "pass --from RUN" in str(res.exception)
+    res = CliRunner().invoke(app, ["submit", "train", "--data", "d", "--monitor", "val_nope", "--dry-run"])
+    assert isinstance(res.exception, ConfigError) and "train.monitor" in str(res.exception)
+

@@ -37,6 +37,7 @@ def loss_curves(history: list[dict], title: str = "") -> bytes:
             ax.plot(best, [next(h["val"]["loss"] for h in history if h["epoch"] == b) for b in best],
                     "*", ms=12, color="gold", mec="k", label="best so far")
         ax.legend()
+        ax.set_xlim(min(ep) - 0.5, max(ep) + 0.5)
     else:
         ax.text(0.5, 0.5, "no training history (metrics.jsonl)", ha="center", va="center")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))

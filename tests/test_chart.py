@@ -833,3 +833,39 @@ def test_backend_pods_fit_the_chart(helm, tmp_path, ray_kind):
         for other_where, other in pods.items():
             assert allowed(policies, pod, other, 29500), f"{where} -> {other_where}"
         assert allowed(policies, operator, pod, 8265), where
+
+
+def test_e2e_plan_commands_parse_with_the_cli():
+    """Every `cxrjobs ...` command of the e2e plan names a real command with real options (parsed
+    by the CLI's own command objects, nothing run), so the kind flow does not fail on a flag."""
+    import e2e_plan
+    import typer.main
+
+    from cxrjobs.cli import app
+
+    root = typer.main.get_command(app)   # typer's (vendored) click: duck-typed below
+    missing, parsed = [], 0
+    for step in e2e_plan.plan():
+        if not step.argv or step.argv[0] != "cxrjobs":
+            continue
+        cmd, args, path = root, list(step.argv[1:]), ["cxrjobs"]
+        while hasattr(cmd, "list_commands") and args and not args[0].startswith("-"):
+            sub = cmd.get_command(cmd.context_class(cmd), args[0])
+            if sub is None:
+                break
+            path.append(args.pop(0))
+            cmd = sub
+        if hasattr(cmd, "list_commands"):
+            missing.append(" ".join(path + args[:1]))
+            continue
+        try:
+            cmd.make_context(" ".join(path), list(args))
+        except Exception as e:  # the CLI's usage errors (NoSuchOption, BadParameter, ...)
+            if not hasattr(e, "format_message"):
+                raise
+            pytest.fail(f"step {step.name}: `{' '.join(step.argv)}` does not parse: {e.format_message()}")
+        parsed += 1
+    assert parsed >= 8
+    if missing:
+        pytest.skip(f"commands of the e2e plan not in the CLI yet (other issues): {sorted(set(missing))}; "
+                    f"the other {parsed} parsed")

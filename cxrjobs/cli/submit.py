@@ -196,6 +196,7 @@ def preprocess(source: str = typer.Argument(..., help="dataset folder readable b
 
 
 @app.command("evaluate")
+@kubernetes_options
 def evaluate(run: str = typer.Argument(..., help="the trained run to score"),
              data: Optional[str] = typer.Option(None, help="dataset: store prefix datasets/NAME or local folder"),
              split: Optional[str] = typer.Option(None, help="test | val | all (an external test set: all)"),

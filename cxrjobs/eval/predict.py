@@ -77,11 +77,13 @@ def predict_dataset(model: nn.Module, ds, ctx, batch_size: int, features: bool =
 
     normalize = normalize or prepare
     mine = list(range(ctx.rank, len(ds), ctx.world_size))
-    loader = DataLoader(ds, batch_size=max(1, batch_size), sampler=mine, collate_fn=passthrough)
+    cuda = ctx.device.type == "cuda"  # uint8 batches pinned, copied without blocking the host
+    loader = DataLoader(ds, batch_size=max(1, batch_size), sampler=mine, collate_fn=passthrough,
+                        pin_memory=cuda)
     outs, feats = [], []
     with eval_mode(model):
         for x, _ in loader:
-            logits, f = forward(model, normalize(x.to(ctx.device)), features)
+            logits, f = forward(model, normalize(x.to(ctx.device, non_blocking=cuda)), features)
             outs.append(logits.float().cpu())
             if features:
                 feats.append(f.float().cpu())

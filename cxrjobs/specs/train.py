@@ -55,6 +55,13 @@ class TrainSpec(BaseModel):
     sampler: Literal["shuffle", "balanced"] = Field(
         "shuffle", description="balanced: minority oversampling to about 50/50 (one seeded draw split across ranks)")
     monitor: str = Field("val_loss", description=f"validation metric that picks best.pt: {sorted(MONITORS)}")
+    # Speed (issue 11). Checkpoints stay fp32 whatever the precision: runs resume across them.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="autocast precision of forward passes: auto = bf16 on GPUs that support it, "
+                            "else fp32; fp16 adds a gradient scaler")
+    channels_last: bool | None = Field(
+        None, description="channels-last memory format; default (None): on for torchvision models on a GPU")
+    compile: bool = Field(False, description="torch.compile the training forward/backward (first steps compile)")
     threads: int | None = Field(None, ge=1, description="torch threads per replica; default cores / replicas")
     loader_workers: int = Field(0, ge=0)
     bootstrap: int = Field(200, ge=0, description="patient bootstrap replicates for CIs (0: none)")

@@ -28,6 +28,7 @@ from cxrjobs.models import build_model, load_state_checked
 from cxrjobs.storage import ObjectStore, join_key
 from cxrjobs.train import checkpoint
 from cxrjobs.train.distributed import DistContext
+from cxrjobs.train.precision import Precision, resolve_channels_last
 from cxrjobs.headline import headline
 from cxrjobs.eval import ood
 from cxrjobs.eval.metrics import loss_fn, summarize
@@ -123,7 +124,14 @@ class Trainer:
                 f"{sum(p.numel() for p in self.model.parameters() if not p.requires_grad):,} weights "
                 f"of {sum(p.numel() for p in self.model.parameters()):,}")
         self.model.to(ctx.device)
+        self.amp = Precision(spec.precision, ctx.device)
+        self.channels_last = resolve_channels_last(spec.channels_last, spec.model, ctx.device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.net = DDP(self.model) if ctx.distributed else self.model
+        # Compiled for training steps only; evaluation and checkpoints use the plain module.
+        self.train_net = torch.compile(self.net) if spec.compile else self.net
+        self._buffers: dict[str, torch.Tensor] = {}  # reused float batches (CPU), per purpose
         self.loss = loss_fn(spec.objective)
         params = [p for p in self.model.parameters() if p.requires_grad]
         if spec.optimizer == "sgd":
@@ -141,9 +149,21 @@ class Trainer:
         self.start_epoch = 0
 
     # -- one optimisation step over a rank's share of a global batch ---------------------------
+    def prepare(self, x: torch.Tensor, aug=None, gen: torch.Generator | None = None,
+                purpose: str = "train") -> torch.Tensor:
+        """uint8 batch (pinned when the device is a GPU) -> normalised float batch on the device.
+        On the CPU the float batch is written into a buffer reused by the next call of the same
+        purpose, so it must be consumed (forward and backward) before then."""
+        x = x.to(self.ctx.device, non_blocking=True)
+        buf = self._buffers.get(purpose) if x.device.type == "cpu" else None
+        out = prepare(x, aug, gen, out=buf)
+        if x.device.type == "cpu" and (buf is None or out.data_ptr() != buf.data_ptr()):
+            self._buffers[purpose] = out
+        return out
+
     def step(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Returns the summed loss as a 0-dim tensor on the device (no host sync per step)."""
-        x = prepare(x.to(self.ctx.device, non_blocking=True), self.spec.augment, gen)
+        x = self.prepare(x, self.spec.augment, gen)
         y = y.to(self.ctx.device, non_blocking=True)
         self.opt.zero_grad(set_to_none=True)
         chunks = list(zip(x.split(self.micro), y.split(self.micro)))
@@ -153,10 +173,12 @@ class Trainer:
             # Gradient accumulation: only the last micro-batch triggers DDP's all-reduce.
             sync = contextlib.nullcontext() if last or not self.ctx.distributed else self.net.no_sync()
             with sync:
-                loss = self.loss(self.net(xc), yc)
-                (loss * (len(xc) / len(x))).backward()
+                with self.amp.autocast():
+                    logits = self.train_net(xc)
+                loss = self.loss(logits.float(), yc)
+                self.amp.backward(loss * (len(xc) / len(x)))
             total += loss.detach() * len(xc)
-        self.opt.step()
+        self.amp.step(self.opt)
         return total
 
     def _resume(self) -> None:
@@ -170,6 +192,7 @@ class Trainer:
         self.history = json.loads(ckpt["history"])
         self.best_val = float(ckpt["best_val_loss"])
         self.best_monitor = float(ckpt.get("best_monitor", self.best_monitor))
+        self.amp.load_state_dict(ckpt.get("grad_scaler"))
         self.log(f"resumed from checkpoint: {self.start_epoch} of {self.spec.epochs} epochs done")
 
     def _restore_optimizer(self, ckpt: dict) -> None:
@@ -208,6 +231,7 @@ class Trainer:
                  "scheduler": self.sched.state_dict() if self.sched else {},
                  "epoch": epoch, "rng": checkpoint.rng_state(),
                  "history": json.dumps(self.history), "best_val_loss": self.best_val,
+                 "grad_scaler": self.amp.state_dict(),
                  "spec": self.spec.model_dump_json(), "monitor": self.spec.monitor,
                  "best_monitor": self.best_monitor, **self.input_recipe()}
         store = self.run.store
@@ -234,7 +258,10 @@ class Trainer:
 
     def evaluate(self, split: str) -> dict:
         ds = self.data[split]
-        logits, _ = predict_dataset(self.model, ds, self.ctx, self.micro)
+        # Under the run's autocast; batches normalised by the Trainer (reused CPU buffer).
+        with self.amp.autocast():
+            logits, _ = predict_dataset(self.model, ds, self.ctx, self.micro,
+                                        normalize=lambda x: self.prepare(x, purpose="eval"))
         return summarize(self.spec.objective, logits, ds.targets, ds.patients, ds.class_names,
                          split, self.spec.bootstrap, self.spec.seed)
 
@@ -244,12 +271,15 @@ class Trainer:
         train = self.data["train"]
         sampler = self._sampler(train)
         loader = DataLoader(train, batch_size=self.per_rank, sampler=sampler, collate_fn=passthrough,
-                            num_workers=spec.loader_workers, persistent_workers=spec.loader_workers > 0)
+                            num_workers=spec.loader_workers, persistent_workers=spec.loader_workers > 0,
+                            pin_memory=ctx.device.type == "cuda")
         if ctx.is_main and self.start_epoch == 0:
             self.log(f"training {spec.model} on {spec.data}: {train.describe()}, "
                      f"{ctx.world_size} replica(s) x {torch.get_num_threads()} thread(s), "
                      f"global batch {self.per_rank * ctx.world_size} "
-                     f"({self.per_rank}/replica, micro-batch {self.micro}), device {ctx.device}")
+                     f"({self.per_rank}/replica, micro-batch {self.micro}), device {ctx.device}, "
+                     f"precision {self.amp.name}{', channels-last' if self.channels_last else ''}"
+                     f"{', compiled' if spec.compile else ''}")
         for epoch in range(self.start_epoch, spec.epochs):
             sampler.set_epoch(epoch)
             gen = torch.Generator().manual_seed(spec.seed * 1_000_003 + epoch * 1009 + ctx.rank)

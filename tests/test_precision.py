@@ -21,16 +21,16 @@ QUIET = dict(log=lambda m: None)
 
 
 def spec(data, **kw):
-    base = dict(data=str(data), batch_size=32, optimizer="adam", lr=1e-3, bootstrap=0, evaluate_test=False)
+    base = dict(data=str(data), objective="multiclass", batch_size=16, optimizer="adam", lr=1e-3,
+                bootstrap=0, evaluate_test=False)
     return TrainSpec(**{**base, **kw})
 
 
-def test_bf16_autocast_on_cpu_trains_and_keeps_fp32_weights(phantom_nih_64, local_env):
-    t = Trainer(spec(phantom_nih_64, precision="bf16", epochs=3), Run(local_env, "bf16"), SOLO, **QUIET)
+def test_bf16_autocast_on_cpu_trains_and_keeps_fp32_weights(phantom_covid_32, local_env):
+    t = Trainer(spec(phantom_covid_32, precision="bf16", epochs=3), Run(local_env, "bf16"), SOLO, **QUIET)
     assert t.amp.name == "bf16" and t.amp.scaler is None
     seen = []
-    orig = t.train_net.forward
-    t.train_net.forward = lambda x: seen.append(orig(x).dtype) or orig(x)
+    t.model.register_forward_hook(lambda m, args, out: seen.append(out.dtype))
     t.fit()
     assert seen and set(seen) == {torch.bfloat16}  # the forward really ran under bf16 autocast
     losses = [h["train"]["loss"] for h in t.history]
@@ -40,13 +40,13 @@ def test_bf16_autocast_on_cpu_trains_and_keeps_fp32_weights(phantom_nih_64, loca
 
 
 @pytest.mark.parametrize("first,then", [("bf16", "fp32"), ("fp32", "bf16")])
-def test_checkpoint_resumes_across_precisions(phantom_nih_64, local_env, first, then):
+def test_checkpoint_resumes_across_precisions(phantom_covid_32, local_env, first, then):
     run = Run(local_env, f"{first}-{then}")
-    a = Trainer(spec(phantom_nih_64, precision=first, epochs=1), run, SOLO, **QUIET)
+    a = Trainer(spec(phantom_covid_32, precision=first, epochs=1), run, SOLO, **QUIET)
     a.fit()
     weights = {k: v.clone() for k, v in a.model.state_dict().items()}
     logs = []
-    b = Trainer(spec(phantom_nih_64, precision=then, epochs=2), run, SOLO, log=logs.append)
+    b = Trainer(spec(phantom_covid_32, precision=then, epochs=2), run, SOLO, log=logs.append)
     b._resume()
     assert b.start_epoch == 1 and b.amp.name == then
     for k, v in b.model.state_dict().items():
@@ -57,18 +57,18 @@ def test_checkpoint_resumes_across_precisions(phantom_nih_64, local_env, first, 
     assert any("resumed from checkpoint: 1 of 2" in m for m in logs)
 
 
-def test_fp16_uses_a_grad_scaler_whose_state_is_checkpointed(phantom_nih_64, local_env):
-    t = Trainer(spec(phantom_nih_64, precision="fp16", epochs=1), Run(local_env, "fp16"), SOLO, **QUIET)
+def test_fp16_uses_a_grad_scaler_whose_state_is_checkpointed(phantom_covid_32, local_env):
+    t = Trainer(spec(phantom_covid_32, precision="fp16", epochs=1), Run(local_env, "fp16"), SOLO, **QUIET)
     assert t.amp.scaler is not None
     before = [p.detach().clone() for p in t.model.parameters()]
-    x, y = t.data["train"].__getitems__(list(range(32)))
+    x, y = t.data["train"].__getitems__(list(range(16)))
     for _ in range(3):
         t.step(x, y, torch.Generator().manual_seed(0))
     assert any(not torch.equal(a, b) for a, b in zip(before, t.model.parameters()))
     t.fit()
     saved = checkpoint.load(local_env, join_key("runs", "fp16", "checkpoints/latest.pt"))
     assert saved["grad_scaler"]["scale"] > 0
-    fp32 = Trainer(spec(phantom_nih_64, precision="fp32", epochs=1), Run(local_env, "fp16"), SOLO, **QUIET)
+    fp32 = Trainer(spec(phantom_covid_32, precision="fp32", epochs=1), Run(local_env, "fp16"), SOLO, **QUIET)
     fp32._resume()  # an fp32 run ignores the scaler state
     assert fp32.start_epoch == 1 and fp32.amp.state_dict() == {}
 
@@ -87,14 +87,14 @@ def test_channels_last_gives_the_same_outputs(name):
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
 
 
-def test_channels_last_training_step_matches_contiguous(phantom_nih_64, local_env):
+def test_channels_last_training_step_matches_contiguous(phantom_covid_32, local_env):
     weights = []
     for cl in (False, True):
         torch.manual_seed(0)
-        t = Trainer(spec(phantom_nih_64, channels_last=cl, optimizer="sgd", lr=0.1,
+        t = Trainer(spec(phantom_covid_32, channels_last=cl, optimizer="sgd", lr=0.1,
                          augment={"hflip": 0, "vflip": 0}), Run(local_env, f"cl-{cl}"), SOLO, **QUIET)
         assert t.channels_last is cl
-        x, y = t.data["train"].__getitems__(list(range(32)))
+        x, y = t.data["train"].__getitems__(list(range(16)))
         t.step(x, y, torch.Generator().manual_seed(0))
         weights.append([p.detach().contiguous() for p in t.model.parameters()])
     for a, b in zip(*weights):

@@ -117,3 +117,30 @@ def test_auto_choices(monkeypatch):
 def test_spec_rejects_unknown_precision():
     with pytest.raises(ValueError, match="precision"):
         TrainSpec(data="x", precision="int8")
+
+
+# ----------------------------------------------------------------------------- one replica per GPU
+
+@pytest.mark.parametrize("gpus,local_world,local_rank,device,backend", [
+    (0, 2, 1, "cpu", "gloo"),        # no GPU: CPU replicas over gloo
+    (2, 2, 1, "cuda:1", "nccl"),     # one replica per GPU: nccl
+    (8, 2, 0, "cuda:0", "nccl"),
+    (1, 1, 0, "cuda:0", "nccl"),     # a pod with one GPU (LOCAL_WORLD_SIZE unset = 1)
+    (2, 4, 3, "cuda:1", "gloo"),     # more replicas than GPUs share them over gloo
+])
+def test_backend_choice_per_host(gpus, local_world, local_rank, device, backend):
+    from cxrjobs.train.distributed import choose_device
+
+    env = {"LOCAL_RANK": str(local_rank), "LOCAL_WORLD_SIZE": str(local_world)}
+    got = choose_device(local_rank, env, gpus=gpus)
+    assert (str(got[0]), got[1]) == (device, backend)
+    assert choose_device(local_rank, {**env, "CXRJOBS_DIST_BACKEND": "gloo"}, gpus=gpus)[1] == "gloo"
+
+
+def test_local_replicas_on_a_two_gpu_host_get_one_gpu_each_over_nccl():
+    """Feeds choose_device what the local backend sets for each replica process."""
+    from cxrjobs.backends.base import local_index_env
+    from cxrjobs.train.distributed import choose_device
+
+    got = [choose_device(i, local_index_env(i, 2), gpus=2) for i in range(2)]
+    assert [(str(d), b) for d, b in got] == [("cuda:0", "nccl"), ("cuda:1", "nccl")]

@@ -72,20 +72,26 @@ def wait_for_master(addr: str, port: int, rank: int, deadline: float, timeout: f
             time.sleep(0.2)
 
 
-def init_distributed(rendezvous_timeout: float = 300.0, env=os.environ) -> DistContext:
-    rank, world = rank_from_env(env)
-    cuda = torch.cuda.is_available()
-    backend = "gloo"
-    if cuda:
-        gpus = torch.cuda.device_count()
+def choose_device(rank: int, env=os.environ, gpus: int | None = None) -> tuple[torch.device, str]:
+    """(device, backend) of this replica. With GPUs, replica LOCAL_RANK takes GPU LOCAL_RANK mod
+    the count, and when a host has at least as many GPUs as replicas (LOCAL_WORLD_SIZE) they talk
+    over nccl, one GPU each; more replicas than GPUs share them over gloo (NCCL needs one GPU per
+    rank). No GPU: CPU and gloo. CXRJOBS_DIST_BACKEND overrides the backend."""
+    gpus = (torch.cuda.device_count() if torch.cuda.is_available() else 0) if gpus is None else gpus
+    if gpus:
         local = _int_env(env, "LOCAL_RANK", rank % gpus)
-        torch.cuda.set_device(local % gpus)
         device = torch.device("cuda", local % gpus)
-        # NCCL needs one GPU per rank; more replicas than GPUs on a host share them over gloo.
         backend = "nccl" if _int_env(env, "LOCAL_WORLD_SIZE", 1) <= gpus else "gloo"
     else:
-        device = torch.device("cpu")
-    backend = env.get("CXRJOBS_DIST_BACKEND") or backend
+        device, backend = torch.device("cpu"), "gloo"
+    return device, env.get("CXRJOBS_DIST_BACKEND") or backend
+
+
+def init_distributed(rendezvous_timeout: float = 300.0, env=os.environ) -> DistContext:
+    rank, world = rank_from_env(env)
+    device, backend = choose_device(rank, env)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     if world == 1:
         return DistContext(0, 1, device, None)
     addr = env.get("MASTER_ADDR") or "127.0.0.1"

@@ -55,12 +55,19 @@ def _normalize_cpu(x, hflip, vflip, scale, out) -> None:
 
 def _normalize_device(x, hflip, vflip, scale, out) -> None:
     view = (-1,) + (1,) * (x.dim() - 1)
-    for mask, dim in ((hflip, -1), (vflip, -2)):
+    # One small host -> device copy per batch, from pinned memory so it does not block the host.
+    n = x.shape[0]
+    none = torch.zeros(n, dtype=torch.bool)
+    params = torch.stack([scale, (hflip if hflip is not None else none).float(),
+                          (vflip if vflip is not None else none).float()])
+    if x.device.type == "cuda":
+        params = params.pin_memory()
+    params = params.to(x.device, non_blocking=True)
+    for mask, row, dim in ((hflip, 1, -1), (vflip, 2, -2)):
         if mask is not None:
-            m = mask.to(x.device, non_blocking=True).view(view)
-            x = torch.where(m, x.flip(dim), x)
+            x = torch.where(params[row].view(view) > 0, x.flip(dim), x)
     out.copy_(x)
-    out.mul_(scale.to(x.device, non_blocking=True).view(view))
+    out.mul_(params[0].view(view))
     out.add_(SHIFT)
 
 

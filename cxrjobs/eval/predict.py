@@ -84,11 +84,11 @@ def predict_dataset(model: nn.Module, ds, ctx, batch_size: int, features: bool =
     with eval_mode(model):
         for x, _ in loader:
             logits, f = forward(model, normalize(x.to(ctx.device, non_blocking=cuda)), features)
-            outs.append(logits.float().cpu())
+            outs.append(logits.float())  # kept on the device: no host sync per batch
             if features:
-                feats.append(f.float().cpu())
-    logits = torch.cat(outs) if outs else torch.zeros((0, ds.num_classes))
-    feat = (torch.cat(feats) if feats else torch.zeros((0, 0))) if features else None
+                feats.append(f.float())
+    logits = torch.cat(outs).cpu() if outs else torch.zeros((0, ds.num_classes))
+    feat = (torch.cat(feats).cpu() if feats else torch.zeros((0, 0))) if features else None
     if ctx.distributed:
         parts: list = [None] * ctx.world_size
         dist.all_gather_object(parts, (mine, logits, feat))

@@ -87,6 +87,10 @@ TRAIN_FLAGS: dict[str, tuple[object, object]] = {
     "deterministic": (Optional[bool], typer.Option(None, "--deterministic/--no-deterministic")),
     "threads": (Optional[int], typer.Option(None, help="torch threads per replica (default cores / replicas)")),
     "bootstrap": (Optional[int], typer.Option(None, help="bootstrap replicates for CIs")),
+    "precision": (Optional[str], typer.Option(None, help="auto | fp32 | bf16 | fp16 (auto: bf16 on GPUs that support it, else fp32)")),
+    "channels_last": (Optional[bool], typer.Option(None, "--channels-last/--no-channels-last", help="memory format (default: on for resnext50/densenet121 on a GPU)")),
+    "compile": (Optional[bool], typer.Option(None, "--compile/--no-compile", help="torch.compile the training step")),
+    "loader_workers": (Optional[int], typer.Option(None, help="data loader processes per replica (GPU: 2 to 4)")),
 }
 JOB_FLAGS: dict[str, tuple[object, object]] = {
     "replicas": (Optional[int], typer.Option(None, help="processes / pods (default 1)")),

@@ -6,6 +6,12 @@ nearly black if divided by 65535). Downscaling is antialiased (Pillow's resize c
 support scaled to the reduction factor); `reducing_gap` lets Pillow first reduce by whole
 factors. A gap of 1.5 measured faster than 2.0 and with less aliasing at 1024 -> 224
 (1.1 vs 1.5 ms; residual of a stripe pattern beyond the output's resolution 6.6 vs 7.7).
+
+At 1024 -> 512 no gap reduces (the factor is 2): the resize is one bilinear pass (2.1 ms a
+phantom image on one core, beside 7.4 ms of PNG decoding and 0.5 ms of sha256). Image.reduce(2)
+would take 0.5 ms, but it is a 2x2 box: a sine sweep between the output's Nyquist frequency and
+the input's leaves a mean residual of 30.5 grey levels after it, against 8.9 after bilinear
+(amplitude 100). The bilinear pass stays.
 """
 
 from __future__ import annotations

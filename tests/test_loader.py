@@ -4,6 +4,7 @@ values, same order) at 224 and 512 px: the oracle below is that code, copied ver
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -13,14 +14,14 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from cxrjobs.data import transforms
 from cxrjobs.data.shards import ShardDataset, passthrough
-from cxrjobs.data.transforms import SCALE, SHIFT, prepare
+from cxrjobs.data.transforms import SCALE, SHIFT, prepare, rotate
 from cxrjobs.specs.train import Augment
 
 FINDINGS = ["Atelectasis", "Effusion", "Mass"]
 
 
 # ----------------------------------------------------------------------------- the oracle
-# ShardDataset.__getitems__ and transforms.prepare as they were (commit 9d4b21d).
+# ShardDataset.__getitems__ and transforms.prepare as they were (commit 1bcb730, rotation included).
 
 def oracle_getitems(ds: ShardDataset, indices):
     idx = np.asarray(indices, dtype=np.int64)
@@ -46,6 +47,7 @@ def _oracle_flip_rows(x, idx, dim):
 def oracle_prepare(x, aug=None, gen=None):
     n = x.shape[0]
     scale = torch.full((n,), SCALE)
+    angles = None
     if aug is not None:
         draws = torch.rand((n, 3), generator=gen)
         flipped = False
@@ -57,7 +59,11 @@ def oracle_prepare(x, aug=None, gen=None):
                 _oracle_flip_rows(x, idx.to(x.device), dim)
         if aug.brightness:
             scale = scale * (1 + aug.brightness * (2 * draws[:, 2] - 1))
+        if aug.rotation:
+            angles = (2 * torch.rand(n, generator=gen) - 1) * math.radians(aug.rotation)
     out = x.float()
+    if angles is not None:
+        out = rotate(out, angles.to(out.device))
     out.mul_(scale.to(x.device).view((n,) + (1,) * (x.dim() - 1)))
     return out.add_(SHIFT)
 
@@ -83,7 +89,8 @@ def write_shards(root, size: int, sizes=(13, 9, 11)):
     return root
 
 
-AUGMENTS = [None, Augment(), Augment(hflip=0.3, vflip=0.8, brightness=0.2), Augment(hflip=0, vflip=0.5)]
+AUGMENTS = [None, Augment(), Augment(hflip=0.3, vflip=0.8, brightness=0.2), Augment(hflip=0, vflip=0.5),
+            Augment(rotation=10, brightness=0.1)]
 
 
 @pytest.mark.parametrize("size", [224, 512])

@@ -1,6 +1,10 @@
 """uint8 batch -> normalised float batch for the model, with the paper's augmentation, on the
 training device at load time.
 
+Random rotation (augment.rotation > 0) turns the whole batch with one affine_grid/grid_sample
+(bilinear, corners filled with black like the padding); at 0 it costs nothing and draws no
+random numbers, so runs without it see exactly the same augmentations as before.
+
 Batches stay uint8 until they are on the training device (a quarter of the bytes of a float
 batch to pin and copy); the conversion happens there, once. Brightness jitter is folded into the
 per-sample scale of the normalisation, so a batch costs one conversion, one multiply and one add.
@@ -16,8 +20,11 @@ has the same values wherever it is prepared.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from cxrjobs.specs.train import Augment
 
@@ -28,12 +35,12 @@ SCALE, SHIFT = 1.0 / (255.0 * STD), -MEAN / STD
 CHUNK_PIXELS = 1 << 16  # 256 KiB of float32 per ufunc call: stays in cache between the two passes
 
 
-def _normalize_cpu(x, hflip, vflip, scale, out) -> None:
+def _normalize_cpu(x, hflip, vflip, scale, out, shift: float = SHIFT) -> None:
     n, height, width = x.shape[0], x.shape[-2], x.shape[-1]
     h = hflip.tolist() if hflip is not None else [False] * n
     v = vflip.tolist() if vflip is not None else [False] * n
     xn, on, sn = x.numpy(), out.numpy(), scale.numpy().astype(np.float32)
-    shift = np.float32(SHIFT)
+    shift = np.float32(shift)
     rows = max(1, CHUNK_PIXELS // max(1, x[0].numel() // height))
     for j in range(n):
         src = xn[j]
@@ -50,7 +57,7 @@ def _normalize_cpu(x, hflip, vflip, scale, out) -> None:
             np.add(chunk, shift, out=chunk)
 
 
-def _normalize_device(x, hflip, vflip, scale, out) -> None:
+def _normalize_device(x, hflip, vflip, scale, out, shift: float = SHIFT) -> None:
     view = (-1,) + (1,) * (x.dim() - 1)
     # One small host -> device copy per batch, from pinned memory so it does not block the host.
     n = x.shape[0]
@@ -65,7 +72,7 @@ def _normalize_device(x, hflip, vflip, scale, out) -> None:
             x = torch.where(params[row].view(view) > 0, x.flip(dim), x)
     out.copy_(x)
     out.mul_(params[0].view(view))
-    out.add_(SHIFT)
+    out.add_(shift)
 
 
 def prepare(x: torch.Tensor, aug: Augment | None = None, gen: torch.Generator | None = None,
@@ -77,7 +84,7 @@ def prepare(x: torch.Tensor, aug: Augment | None = None, gen: torch.Generator | 
     of a new tensor."""
     n = x.shape[0]
     scale = torch.full((n,), SCALE)
-    hflip = vflip = None
+    hflip = vflip = angles = None
     if aug is not None:
         draws = torch.rand((n, 3), generator=gen)
         if aug.hflip:
@@ -86,13 +93,28 @@ def prepare(x: torch.Tensor, aug: Augment | None = None, gen: torch.Generator | 
             vflip = draws[:, 1] < aug.vflip
         if aug.brightness:
             scale = scale * (1 + aug.brightness * (2 * draws[:, 2] - 1))
+        if aug.rotation:
+            angles = (2 * torch.rand(n, generator=gen) - 1) * math.radians(aug.rotation)
     if (out is None or out.device != x.device or out.dtype != torch.float32
             or out.shape[0] < n or out.shape[1:] != x.shape[1:]):
         out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
     else:
         out = out[:n]
-    if x.device.type == "cpu":
-        _normalize_cpu(x, hflip, vflip, scale, out)
-    else:
-        _normalize_device(x, hflip, vflip, scale, out)
-    return out
+    normalize = _normalize_cpu if x.device.type == "cpu" else _normalize_device
+    if angles is None:
+        normalize(x, hflip, vflip, scale, out)
+        return out
+    # Rotation samples the unnormalised image (x * 1 + 0 is exact), so its corners are black.
+    normalize(x, hflip, vflip, torch.ones(n), out, 0.0)
+    out = rotate(out, angles.to(out.device))
+    out.mul_(scale.to(out.device).view((n,) + (1,) * (x.dim() - 1)))
+    return out.add_(SHIFT)
+
+
+def rotate(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Rotate each image of a float [B, C, H, W] batch by its angle (radians) about the centre."""
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    zero = torch.zeros_like(cos)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -7,6 +7,7 @@ import json
 from cxrjobs.backends import SubmitPlan, get_backend
 from cxrjobs.backends.base import JobStatus
 from cxrjobs.errors import ConfigError, CxrError
+from cxrjobs.jobs.preflight import check_job
 from cxrjobs.jobs.spec import JobSpec
 from cxrjobs.storage import LocalStore, ObjectStore, join_key, open_store
 
@@ -26,16 +27,18 @@ def submit(job: JobSpec, backend: str = "local", dry_run: bool = False,
                           "CXRJOBS_STORE=s3://BUCKET/PREFIX and CXRJOBS_S3_ENDPOINT to the MinIO/S3 "
                           "store the cluster's ConfigMap names (upload data with `cxrjobs data upload`)")
     be.preflight(store)
+    check_job(job, store)  # configuration errors fail here, not in every replica
     key = join_key("runs", job.name, "spec.json")
     text = job.model_dump_json(indent=1)
-    if store.exists(key):
-        old = JobSpec.model_validate_json(store.get_text(key))
-        if old != job:
-            raise CxrError(f"run {job.name} exists with a different spec ({store.url}/{key}); "
-                           "pick another --name, or resubmit the same spec to resume it")
-    else:
-        store.put_text(key, text)
-    return be.schedule(plan)
+    with be.lock(job.name):  # of two concurrent submits of one run, exactly one starts it
+        if store.exists(key):
+            old = JobSpec.model_validate_json(store.get_text(key))
+            if old != job:
+                raise CxrError(f"run {job.name} exists with a different spec ({store.url}/{key}); "
+                               "pick another --name, or resubmit the same spec to resume it")
+        else:
+            store.put_text(key, text)
+        return be.schedule(plan)
 
 
 def run_metrics(run: str, store: ObjectStore | None = None) -> list[dict]:
@@ -44,6 +47,12 @@ def run_metrics(run: str, store: ObjectStore | None = None) -> list[dict]:
     if not store.exists(key):
         return []
     return [json.loads(line) for line in store.get_text(key).splitlines() if line.strip()]
+
+
+def wait(run: str, backend: str = "local", kube=None, timeout: float | None = None) -> dict:
+    """Block until the run ends; its final run_status."""
+    get_backend(backend, kube).wait(run, timeout=timeout)
+    return run_status(run, backend, kube)
 
 
 def run_status(run: str, backend: str = "local", kube=None) -> dict:

@@ -80,3 +80,243 @@ def test_training_reads_dataset_and_writes_run_through_s3(phantom_nih_64, s3_env
     for key in ("metrics.jsonl", "checkpoints/latest.pt", "checkpoints/best.pt", "artifacts/result.json"):
         assert s3_env.exists(join_key("runs", "s3run", key)), key
     assert (tmp_path / "cache").is_dir()
+
+
+# --- issue 6: jobs and the local backend ---------------------------------------------------------
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from cxrjobs.backends import local as local_backend
+from cxrjobs.config import load_settings
+from cxrjobs.errors import CxrError
+
+FINDINGS = ["Atelectasis", "Cardiomegaly"]
+
+
+def cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The real command in its own process: exit code, stdout and stderr as a user sees them."""
+    return subprocess.run([sys.executable, "-m", "cxrjobs.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def fake_dataset(root: Path, size: int = 64, splits=("train", "val", "test")) -> Path:
+    """A dataset folder that passes the submit-time checks (a manifest) with one row per split;
+    it has no shards, so a replica that gets past the empty-split check fails reading it."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "manifest.json").write_text(json.dumps(
+        {"image_size": size, "findings": FINDINGS, "labels": ["No Finding"] + FINDINGS}))
+    rows = "".join(f"img{i}.png,p{i},Cardiomegaly,{s},0,{i}\n" for i, s in enumerate(splits))
+    (root / "index.csv").write_text("image,patient,labels,split,shard,offset\n" + rows)
+    return root
+
+
+def state_dir(run: str) -> Path:
+    return load_settings().local_state / run
+
+
+def proc_gone(pid: int) -> bool:
+    return not local_backend.pid_alive(pid)
+
+
+def wait_until(cond, timeout: float, what: str, poll: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while not (value := cond()):
+        assert time.monotonic() < deadline, f"timed out after {timeout:g}s waiting for {what}"
+        time.sleep(poll)
+    return value
+
+
+@pytest.fixture
+def phantom_raw(tmp_path):
+    from cxrjobs.data.synth import synth_nih
+    synth_nih(tmp_path / "raw", 24, size=64, seed=3)
+    return tmp_path / "raw"
+
+
+def test_submit_wait_json_waits_for_the_end_and_spec_output_is_kept(local_env, phantom_raw, tmp_path):
+    """Items 7 and 15: `--wait --json` prints the final status (exit 0), and a spec's output is
+    not replaced by the flag's default when --output is not given."""
+    spec = tmp_path / "prep.yaml"
+    spec.write_text(f"replicas: 1\npreprocess:\n  output: datasets/from-spec\n  spec:\n"
+                    f"    source: {phantom_raw}\n    format: nih\n    size: 32\n")
+    res = cli("submit", "preprocess", "-f", str(spec), "--name", "waited", "--wait", "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    final = json.loads(res.stdout)  # stdout is exactly one JSON object
+    assert final["run"] == "waited" and final["state"] == "Succeeded", final
+    assert final["finished"] is not None
+    job = json.loads(local_env.get_text("runs/waited/spec.json"))
+    assert job["preprocess"]["output"] == "datasets/from-spec"
+    assert local_env.exists("datasets/from-spec/manifest.json")
+    assert not local_env.exists("datasets/nih-224/manifest.json")
+
+
+def test_submit_checks_configuration_before_any_replica(local_env, tmp_path):
+    """Item 12, submit side: a missing dataset, a wrong image size and a bad output key fail at
+    once (exit 2, naming the field) and start nothing."""
+    res = cli("submit", "nih-train", "--data", "datasets/absent", "--name", "nodata")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "train.data" in res.stderr and "not found" in res.stderr
+    assert not state_dir("nodata").exists()
+
+    data = fake_dataset(tmp_path / "ds64", size=64)
+    res = cli("submit", "nih-train", "--data", str(data), "--image-size", "96", "--name", "wrongsize")
+    assert res.returncode == 2 and "train.image_size" in res.stderr and "64" in res.stderr, res.stderr
+    assert not state_dir("wrongsize").exists()
+
+    res = cli("submit", "preprocess", str(tmp_path), "--format", "nih", "--output", "../outside",
+              "--name", "badout")
+    assert res.returncode == 2 and "preprocess.output" in res.stderr, res.stderr
+    assert not state_dir("badout").exists()
+
+
+def test_user_error_in_a_replica_is_not_retried_and_shows_in_status(local_env, tmp_path):
+    """Item 12, replica side: exit 2 (a CxrError) fails the run at once; status says why."""
+    data = fake_dataset(tmp_path / "notrain", splits=("val", "test"))  # passes submit, empty train split
+    job = resolve_job("nih-train", None, {"name": "usererr", "replicas": 1, "backoff_limit": 3,
+                                          "train": {"data": str(data), "epochs": 1}})
+    api.submit(job)
+    st = get_backend().wait(job.name, timeout=120, poll=0.1)
+    assert st.state == "Failed" and st.restarts == 0
+    assert "train split is empty" in st.message and "code 2" in st.message, st.message
+    assert "".join(get_backend().logs(job.name)).count("=== attempt") == 1
+    res = cli("status", job.name)
+    assert res.returncode == 0 and "train split is empty" in res.stdout, res.stdout
+
+
+def test_concurrent_submits_of_one_run_start_it_once(local_env, tmp_path, monkeypatch):
+    """Item 9: of two simultaneous submits with the same name and spec exactly one wins. Each
+    submit, once past its "already active?" check, waits (up to 3 s) for the other to get there
+    too: without a lock both do and both start the run, with it the second waits outside."""
+    real_write = local_backend.write_json
+    both_past_check = threading.Barrier(2)
+
+    def slow_write(path, obj):
+        if path.name == "plan.json":
+            try:
+                both_past_check.wait(timeout=3)
+            except threading.BrokenBarrierError:
+                pass
+        real_write(path, obj)
+    monkeypatch.setattr(local_backend, "write_json", slow_write)
+    data = fake_dataset(tmp_path / "notrain", splits=("val", "test"))
+    job = resolve_job("nih-train", None, {"name": "racer", "train": {"data": str(data), "epochs": 1}})
+    results: list = [None, None]
+
+    def submit(i):
+        try:
+            results[i] = api.submit(job)
+        except CxrError as e:
+            results[i] = e
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    errors = [r for r in results if isinstance(r, CxrError)]
+    assert len(errors) == 1, results
+    assert "already active" in str(errors[0])
+    get_backend().wait(job.name, timeout=120, poll=0.1)
+    log = (state_dir(job.name) / "logs" / "replica-0.log").read_text()
+    assert log.count("=== attempt 0") == 1, log
+
+
+def _sleeper() -> subprocess.Popen:
+    return subprocess.Popen(["sleep", "60"])
+
+
+def test_run_names_are_validated_and_foreign_pids_never_signalled(local_env, tmp_path):
+    """Item 10: `cancel ../evil` is refused (before it read a pid file outside the state
+    directory); a recorded pid that now belongs to another process is left alone."""
+    victim = _sleeper()
+    try:
+        root = load_settings().local_state
+        root.mkdir(parents=True)  # as after any earlier run
+        evil = root.parent / "evil"
+        evil.mkdir(parents=True)
+        (evil / "state.json").write_text(json.dumps({"state": "Running", "replicas": 1, "pids": [victim.pid]}))
+        (evil / "supervisor.pid").write_text(f"{victim.pid} {local_backend.proc_start_time(victim.pid)}")
+        for cmd in (["cancel", "../evil"], ["status", "../evil"], ["logs", "../evil"]):
+            res = cli(*cmd)
+            assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+            assert "name" in res.stderr and "lower-case" in res.stderr, res.stderr
+        assert victim.poll() is None, "a process outside the run was killed"
+
+        # A valid run whose recorded pids were recycled: start times differ, nothing is signalled.
+        run = root / "recycled"
+        run.mkdir(parents=True)
+        wrong = local_backend.proc_start_time(victim.pid) - 1
+        (run / "state.json").write_text(json.dumps({"run": "recycled", "state": "Running", "replicas": 1,
+                                                    "pids": [victim.pid], "pid_starts": [wrong]}))
+        (run / "supervisor.pid").write_text(f"{victim.pid} {wrong}")
+        res = cli("cancel", "recycled")
+        assert res.returncode == 0, res.stderr
+        time.sleep(0.2)
+        assert victim.poll() is None, "cancel killed a process that is not the run's"
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_runs_lists_unreadable_state_as_unknown(local_env):
+    """Item 13: one corrupt or empty state file does not hide the other runs."""
+    root = load_settings().local_state
+    for name, text in (("good", json.dumps({"run": "good", "state": "Succeeded", "kind": "nih-train",
+                                            "replicas": 2})), ("empty", ""), ("garbled", "{not json")):
+        (root / name).mkdir(parents=True)
+        (root / name / "state.json").write_text(text)
+    res = cli("runs", "--json")
+    assert res.returncode == 0, res.stderr
+    rows = {r["run"]: r for r in json.loads(res.stdout)}
+    assert rows["good"]["state"] == "Succeeded"
+    for bad in ("empty", "garbled"):
+        assert rows[bad]["state"] == "Unknown" and "state.json" in rows[bad]["message"]
+    res = cli("runs")
+    assert res.returncode == 0 and "Unknown" in res.stdout and "good" in res.stdout
+    res = cli("status", "garbled")
+    assert res.returncode == 2 and "unreadable" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_runs_table_never_cuts_run_ids(local_env):
+    """Item 14: at 80 columns every run id is printed whole on one line."""
+    root = load_settings().local_state
+    names = ["nih-train-20261126-130000-ab12", "preprocess-20261126-130000-abcd",
+             "a-run-name-of-the-longest-allowed-length-52-chars-x1"]
+    assert len(names[-1]) == 52
+    for n in names:
+        (root / n).mkdir(parents=True)
+        (root / n / "state.json").write_text(json.dumps({
+            "run": n, "state": "Failed", "kind": "nih-train", "replicas": 2, "restarts": 3,
+            "message": "replica 0 exited with code 1: RuntimeError: a long message " * 3}))
+    res = cli("runs", env={"COLUMNS": "80"})
+    assert res.returncode == 0, res.stderr
+    print(res.stdout)
+    lines = res.stdout.splitlines()
+    for n in names:
+        assert any(n in line for line in lines), f"{n} is not printed whole:\n{res.stdout}"
+    assert "…" not in res.stdout
+
+
+def test_spec_and_flag_errors_name_the_field(local_env, tmp_path):
+    """Item 17 (spec/CLI parts): exit 2, no traceback, the field and what to do."""
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes(b"train:\n  data: caf\xe9\n")
+    cases = [
+        (["submit", "nih-train", "-f", str(bad), "--dry-run"], [str(bad), "UTF-8", "line 2"]),
+        (["submit", "nih-train", "--data", "d", "--lr", "inf", "--dry-run"], ["train.lr", "finite"]),
+        (["submit", "nih-train", "--lr", "nan", "--data", "d", "--dry-run"], ["train.lr", "finite"]),
+        (["submit", "nih-train", "--dry-run"], ["train.data", "--data"]),
+        (["submit", "nih-train", "--data", "d", "--name", "Bad_Name", "--dry-run"], ["  name:", "lower-case"]),
+    ]
+    for args, expected in cases:
+        res = cli(*args)
+        assert res.returncode == 2, (args, res.stdout, res.stderr)
+        assert "Traceback" not in res.stderr and "(spec)" not in res.stderr, res.stderr
+        for text in expected:
+            assert text in res.stderr, (args, text, res.stderr)
+    assert "needs a 'train' section" not in cli("submit", "nih-train", "--dry-run").stderr

@@ -4,6 +4,7 @@ what a pod of the Indexed Job would."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from abc import ABC, abstractmethod
@@ -117,6 +118,10 @@ class Backend(ABC):
     def submit(self, job: JobSpec, dry_run: bool = False) -> SubmitPlan | JobStatus:
         plan = self.submit_dryrun(job)
         return plan if dry_run else self.schedule(plan)
+
+    def lock(self, run: str) -> contextlib.AbstractContextManager:
+        """Held while a submit checks and starts `run`, so that of two concurrent submits one wins."""
+        return contextlib.nullcontext()
 
     @abstractmethod
     def status(self, run: str) -> JobStatus: ...

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
-from rich.table import Table
+from rich.console import Console
+from rich.table import Column, Table
 
 from cxrjobs import api
 from cxrjobs.backends import get_backend
@@ -36,10 +37,19 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print_json(items)
             return
-        t = Table("run", "kind", "state", "replicas", "restarts", "message")
+        # The run id is what a user copies from here: never truncated or wrapped, whatever the
+        # terminal width. Short columns keep their width too; only the message wraps.
+        cols = [Column(name, no_wrap=True, overflow="ignore",
+                       min_width=max([len(name)] + [len(str(s[key])) for s in items]))
+                for name, key in (("run", "run"), ("kind", "kind"), ("state", "state"),
+                                  ("replicas", "replicas"), ("restarts", "restarts"))]
+        message = Column("message", overflow="fold", ratio=1, min_width=20)
+        t = Table(*cols, message, box=None, padding=(0, 1), pad_edge=False)
         for s in items:
             t.add_row(s["run"], s["kind"], s["state"], str(s["replicas"]), str(s["restarts"]), s["message"])
-        out.print(t)
+        # Wider than the terminal only when the fixed columns alone do not fit (it soft-wraps).
+        need = sum(c.min_width + 2 for c in cols) + message.min_width
+        (out if need <= out.width else Console(width=need, soft_wrap=True)).print(t)
 
     @app.command()
     def status(run: str, backend: str = BACKEND, namespace: str = NAMESPACE,

@@ -16,7 +16,7 @@ from cxrjobs.backends.base import JobStatus
 from cxrjobs.cli.common import out, print_json
 from cxrjobs.cli.kube import current as kube_options, kubernetes_options
 from cxrjobs.jobs import presets
-from cxrjobs.jobs.resolve import resolve_job
+from cxrjobs.jobs.resolve import preprocess_defaults, resolve_job
 from cxrjobs.specs.preprocess import normalize_source
 
 app = typer.Typer(no_args_is_help=True, help="Submit a job: nih-train, train, transfer, preprocess.")
@@ -45,11 +45,12 @@ def _finish(job, backend: str, wait: bool, as_json: bool, dry_run: bool) -> None
             out.print(f"submitted {job.name} ({job.kind}, {job.replicas} replicas) on {backend}; "
                       f"follow with `cxrjobs logs {job.name} -f`")
         return
-    be = get_backend(backend, kube)
-    if not as_json:
-        for line in be.logs(job.name, replica=0, follow=True):
+    if as_json:  # no log lines: stdout is one JSON object, printed when the run has ended
+        final = api.wait(job.name, backend, kube)
+    else:
+        for line in get_backend(backend, kube).logs(job.name, replica=0, follow=True):
             print(line, end="", flush=True)
-    final = api.run_status(job.name, backend, kube)
+        final = api.wait(job.name, backend, kube)
     if as_json:
         print_json(final)
     else:
@@ -172,11 +173,11 @@ def transfer(job: dict,
 
 @app.command("preprocess")
 @kubernetes_options
-def preprocess(source: str = typer.Argument(..., help="dataset folder readable by every replica, or "
-                                                       "store://raw/NAME / s3://BUCKET/PREFIX"),
+def preprocess(source: Optional[str] = typer.Argument(None, help="dataset folder readable by every replica, or "
+                                                          "store://raw/NAME / s3://BUCKET/PREFIX (default: the spec's)"),
                format: Optional[str] = typer.Option(None, "--format", help="nih | covid | imagefolder"),
                size: Optional[int] = typer.Option(None),
-               output: Optional[str] = typer.Option(None, help="store prefix (default datasets/<format>-<size>)"),
+               output: Optional[str] = typer.Option(None, help="store prefix (default: the spec's, else datasets/<format>-<size>)"),
                replicas: Optional[int] = typer.Option(None, help="slices, one per replica"),
                workers: Optional[int] = typer.Option(None, help="decoding processes per replica"),
                fit: Optional[str] = typer.Option(None, help="pad | crop"),
@@ -190,12 +191,13 @@ def preprocess(source: str = typer.Argument(..., help="dataset folder readable b
 
     Example: cxrjobs submit preprocess ../shared/data/nih-sample --format nih --size 224 --replicas 2 --wait
     """
-    fmt = format or "nih"
     job = resolve_job("preprocess", spec_file, dict(
         name=name, replicas=replicas,
-        preprocess=dict(output=output or f"datasets/{fmt}-{size or 224}", workers=workers, overwrite=overwrite,
-                        spec=dict(source=normalize_source(source), format=format, size=size,
-                                  fit=fit, strict=strict))))
+        preprocess=dict(output=output, workers=workers, overwrite=overwrite,
+                        spec=dict(source=normalize_source(source) if source else None, format=format,
+                                  size=size, fit=fit, strict=strict))),
+        fill=preprocess_defaults, flags={"preprocess.spec": "SOURCE and --format",
+                                              "preprocess.spec.source": "SOURCE (the dataset folder)"})
     _finish(job, backend, wait, as_json, dry_run)
 
 

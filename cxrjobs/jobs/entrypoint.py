@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-from cxrjobs.errors import CxrError
+from cxrjobs.errors import CxrError, RendezvousTimeout
 from cxrjobs.jobs.registry import get_kind
 from cxrjobs.jobs.spec import JobSpec
 from cxrjobs.storage import ObjectStore, join_key, open_store
@@ -31,7 +31,10 @@ def main() -> int:
         job = load_job(store, run_id)
         get_kind(job.kind).load_runner()(job, store)
         return 0
-    except CxrError as e:
+    except RendezvousTimeout as e:  # a peer late or lost: transient, the Job's back-off retries it
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 3
+    except CxrError as e:  # the user's spec or data: exit 2, which backends do not retry
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
 

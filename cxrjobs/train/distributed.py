@@ -8,6 +8,7 @@ wait is bounded by the rendezvous timeout: no replica hangs forever on a missing
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import time
@@ -72,6 +73,34 @@ def wait_for_master(addr: str, port: int, rank: int, deadline: float, timeout: f
             time.sleep(0.2)
 
 
+def is_loopback(addr: str) -> bool:
+    """MASTER_ADDR names this host only (the local backend): 127.0.0.0/8, ::1 or localhost."""
+    try:
+        infos = socket.getaddrinfo(addr, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
+
+
+def master_socket(addr: str, port: int) -> socket.socket | None:
+    """For a loopback MASTER_ADDR, a socket listening on that address only: torch's TCPStore
+    would otherwise bind every interface, opening the rendezvous store to the network. Elsewhere
+    (a pod whose peers connect over the cluster network) None: the store binds as usual."""
+    if not is_loopback(addr):
+        return None
+    family, _, _, _, sockaddr = socket.getaddrinfo(addr, port, proto=socket.IPPROTO_TCP)[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(sockaddr)
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        raise RendezvousTimeout(f"rank 0: cannot listen on {addr}:{port} for the rendezvous ({e}); "
+                                "is the port in use?") from None
+    return sock
+
+
 def choose_device(rank: int, env=os.environ, gpus: int | None = None) -> tuple[torch.device, str]:
     """(device, backend) of this replica. With GPUs, replica LOCAL_RANK takes GPU LOCAL_RANK mod
     the count, and when a host has at least as many GPUs as replicas (LOCAL_WORLD_SIZE) they talk
@@ -100,14 +129,19 @@ def init_distributed(rendezvous_timeout: float = 300.0, env=os.environ) -> DistC
     if rank != 0:
         wait_for_master(addr, port, rank, deadline, rendezvous_timeout)
     remaining = max(1.0, deadline - time.monotonic())
+    listen = master_socket(addr, port) if rank == 0 else None
     try:
         store = dist.TCPStore(addr, port, world, is_master=(rank == 0),
-                              timeout=timedelta(seconds=remaining), wait_for_workers=True)
+                              timeout=timedelta(seconds=remaining), wait_for_workers=True,
+                              master_listen_fd=listen.fileno() if listen else None)
     except (RuntimeError, TimeoutError, dist.DistError) as e:
         raise RendezvousTimeout(
             f"rank {rank}: rendezvous at {addr}:{port} for {world} replicas did not complete "
             f"within the {rendezvous_timeout:g}s rendezvous timeout; a replica never started or "
             f"cannot reach the master ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    finally:
+        if listen is not None:
+            listen.detach()  # the store's server owns the descriptor now (or it closed it)
     dist.init_process_group(backend, store=store, rank=rank, world_size=world,
                             timeout=COLLECTIVE_TIMEOUT)
     return DistContext(rank, world, device, backend)

@@ -1,0 +1,60 @@
+"""Checks made at submit, before any replica starts: what is wrong in the configuration fails
+here, naming the field, instead of inside every replica after the back-off (issue 6, item 12).
+
+Light: reads the dataset's manifest.json through the store (or a local folder), nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from cxrjobs.errors import ConfigError, CxrError
+from cxrjobs.jobs.spec import JobSpec
+from cxrjobs.specs.train import TrainSpec
+from cxrjobs.storage import ObjectStore, join_key
+
+
+def _manifest(data: str, store: ObjectStore, field: str) -> dict:
+    """The manifest of a dataset given as a local folder or a store prefix."""
+    if os.path.isdir(data):
+        path = Path(data) / "manifest.json"
+        if not path.is_file():
+            raise ConfigError(f"{field}: {data} is a folder without manifest.json, not a preprocessed "
+                              "dataset; preprocess it first (`cxrjobs data preprocess`)")
+        text, where = path.read_text(), str(path)
+    else:
+        try:
+            key = join_key(data, "manifest.json")
+        except CxrError as e:
+            raise ConfigError(f"{field}: {e}") from None
+        if not store.exists(key):
+            raise ConfigError(f"{field}: dataset {data!r} not found: neither a local folder nor a dataset "
+                              f"in store {store.url} (expected {key}); preprocess it first or fix --data")
+        text, where = store.get_text(key), f"{store.url}/{key}"
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise ConfigError(f"{field}: {where} is not valid JSON ({e}); preprocess the dataset again") from None
+
+
+def check_train(spec: TrainSpec, store: ObjectStore, field: str = "train") -> None:
+    manifest = _manifest(spec.data, store, f"{field}.data")
+    size = manifest.get("image_size")
+    if spec.image_size is not None and size is not None and int(size) != spec.image_size:
+        raise ConfigError(f"{field}.image_size: {spec.image_size}, but dataset {spec.data} was "
+                          f"preprocessed at {size}; drop --image-size or preprocess again at {spec.image_size}")
+
+
+def check_job(job: JobSpec, store: ObjectStore) -> None:
+    """Raise ConfigError (naming the field) for what can be known wrong before a replica runs."""
+    for name in ("train",):  # every payload that is, or holds, a training spec
+        spec = getattr(job, name, None)
+        if isinstance(spec, TrainSpec):
+            check_train(spec, store, name)
+    if job.preprocess is not None:
+        try:
+            join_key(job.preprocess.output)
+        except CxrError as e:
+            raise ConfigError(f"preprocess.output: {e}; use a store prefix like datasets/NAME") from None

@@ -30,7 +30,8 @@ def _imports(folder: Path) -> dict[str, str]:
                 continue
             for name in names:
                 top = name.split(".")[0]
-                if top not in sys.stdlib_module_names and top not in ("cxrjobs", "conftest"):
+                local = (folder / f"{top}.py").exists() or (folder / top).is_dir()  # a sibling helper
+                if top not in sys.stdlib_module_names and top != "cxrjobs" and not local:
                     found.setdefault(top, str(path.relative_to(ROOT)))
     return found
 

@@ -241,6 +241,9 @@ def test_submit_through_the_api_writes_the_spec_then_creates_the_job(cluster, ba
         api.submit(job, "kubernetes", kube=kube)
     assert not cluster.jobs and not s3_env.exists("runs/api-run/spec.json")  # nothing half-done
     cluster.config_maps[(NS, "cxrjobs-config")]["data"]["CXRJOBS_STORE"] = s3_env.url + "/"
+    with pytest.raises(CxrError, match="train.data: dataset 'datasets/nih-224' not found"):
+        api.submit(job, "kubernetes", kube=kube)  # checked at submit, not in every pod
+    s3_env.put_text("datasets/nih-224/manifest.json", '{"image_size": 224}')
     st = api.submit(job, "kubernetes", kube=kube)
     assert st.state is RunState.PENDING and (NS, "api-run") in cluster.jobs
     assert s3_env.exists("runs/api-run/spec.json")

@@ -280,6 +280,10 @@ def test_runs_lists_unreadable_state_as_unknown(local_env):
     assert res.returncode == 0 and "Unknown" in res.stdout and "good" in res.stdout
     res = cli("status", "garbled")
     assert res.returncode == 2 and "unreadable" in res.stderr and "Traceback" not in res.stderr
+    # the way out the message names: cancel records the run as Cancelled
+    res = cli("cancel", "garbled")
+    assert res.returncode == 0 and "Cancelled" in res.stdout, res.stdout + res.stderr
+    assert get_backend().status("garbled").state == "Cancelled"
 
 
 def test_runs_table_never_cuts_run_ids(local_env):

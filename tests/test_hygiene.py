@@ -20,6 +20,9 @@ def _declared(names: list[str]) -> set[str]:
 def _imports(folder: Path) -> dict[str, str]:
     """Top-level module -> first file importing it (inside functions too), stdlib excluded."""
     found: dict[str, str] = {}
+    # Test helpers import each other by bare name (tests/e2e is put on sys.path); the package
+    # itself always imports as cxrjobs.* (so cxrjobs/backends/kubernetes never hides `kubernetes`).
+    own = {p.stem for p in folder.rglob("*.py")} if folder.name == "tests" else set()
     for path in sorted(folder.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
@@ -30,7 +33,7 @@ def _imports(folder: Path) -> dict[str, str]:
                 continue
             for name in names:
                 top = name.split(".")[0]
-                local = (folder / f"{top}.py").exists() or (folder / top).is_dir()  # a sibling helper
+                local = top in own  # a helper module of the folder itself (tests/e2e/e2e_plan.py)
                 if top not in sys.stdlib_module_names and top != "cxrjobs" and not local:
                     found.setdefault(top, str(path.relative_to(ROOT)))
     return found

@@ -62,7 +62,8 @@ def test_stage_names_are_deterministic_and_real_data_has_no_phantom_test2(tmp_pa
     a, b = paper_stages(cfg), paper_stages(cfg)
     assert [s.job.name for s in a] == [s.job.name for s in b]
     assert [s.key for s in a] == ["nih-data", "covid-data", "nih-smallcnn", "nih-resnext50", "method1",
-                                  "method2", "resnext-scratch", "resnext-imagenet"]
+                                  "method2", "resnext-scratch", "resnext-imagenet"] + [
+        f"eval-{m}-test1" for m in ("method1", "method2", "resnext-scratch", "resnext-imagenet")]
     m2 = next(s for s in a if s.key == "method2").job.train
     assert (m2.model, m2.sampler, m2.init_from, m2.image_size) == ("resnext50", "balanced", "p-nih-resnext50", 224)
     m1 = next(s for s in a if s.key == "method1").job.train

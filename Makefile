@@ -7,7 +7,7 @@ STAMP := $(VENV)/.cxrjobs-installed
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO_DIR ?= demo-out
 
-.PHONY: install demo test bench clean chromium
+.PHONY: install demo test bench clean chromium images images-test
 
 install: $(STAMP)
 
@@ -31,6 +31,15 @@ chromium:
 
 bench: install
 	$(PY) benchmarks/run.py
+
+# Container images cxrjobs-{preprocess,train,tune}:<version>; OFFLINE=1 builds without a registry
+# (debootstrap base, wheelhouse from pip download): see images/README.md.
+images:
+	$(PYTHON) images/build.py build $(if $(OFFLINE),--offline)
+
+# Builds offline and runs the images in containers (minutes; root and a Docker engine).
+images-test: install
+	CXRJOBS_IMAGES_TEST=1 $(PY) -m pytest -q -ra -m images tests/test_images.py
 
 clean:
 	rm -rf $(VENV) .cxrjobs $(DEMO_DIR) benchmarks/results

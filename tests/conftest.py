@@ -14,10 +14,38 @@ import pytest
 
 # --- S3 (storage) -----------------------------------------------------------------------------
 
-def _free_port() -> int:
+def start_moto(host: str, log) -> tuple[subprocess.Popen, str]:
+    """moto's standalone S3 server on host:<free port>; returns (process, "host:port").
+    A plain function: tests/test_images.py and benchmarks/bench_images.py start one on a Docker
+    bridge's gateway address, where containers reach it."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        s.bind((host, 0))
+        port = s.getsockname()[1]
+    # No proxies: the client must talk to the server directly.
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return proc, f"{host}:{port}"
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                stop_process(proc)
+                raise RuntimeError(f"moto S3 server did not start on {host}:{port} within 30 s "
+                            f"(exit code {proc.returncode}); its log:\n{log.read_text()[-3000:]}")
+            time.sleep(0.1)
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture(scope="session")
@@ -27,34 +55,14 @@ def s3_server(tmp_path_factory):
     It is moto's standalone server, because no MinIO server binary is installable here; the
     `minio` client that S3Store uses speaks real S3 HTTP to it, so the same code path runs as
     against MinIO (signing, multipart uploads, user metadata, error codes)."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    # No proxies: the client must talk to 127.0.0.1 directly.
-    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                proc.wait()
-                pytest.fail(f"moto S3 server did not start on 127.0.0.1:{port} within 30 s "
-                            f"(exit code {proc.returncode}); its log:\n{log.read_text()[-3000:]}")
-            time.sleep(0.1)
     try:
-        yield f"127.0.0.1:{port}"
+        proc, endpoint = start_moto("127.0.0.1", tmp_path_factory.mktemp("moto") / "moto.log")
+    except RuntimeError as e:
+        pytest.fail(str(e))
+    try:
+        yield endpoint
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
+from cxrjobs.config import SECRET_ENV
 from cxrjobs.errors import CxrError, RendezvousTimeout
 from cxrjobs.jobs.registry import get_kind
 from cxrjobs.jobs.spec import JobSpec
@@ -22,7 +23,50 @@ def load_job(store: ObjectStore, run_id: str) -> JobSpec:
     return JobSpec.model_validate_json(store.get_text(key))
 
 
-def main() -> int:
+ENV_READ = ("CXRJOBS_RUN_ID", "CXRJOBS_STORE", "CXRJOBS_S3_ENDPOINT", "CXRJOBS_S3_SECURE",
+            *SECRET_ENV, "CXRJOBS_CACHE_DIR", "JOB_COMPLETION_INDEX", "RANK", "WORLD_SIZE",
+            "MASTER_ADDR", "MASTER_PORT", "CXRJOBS_DIST_BACKEND", "OMP_NUM_THREADS")
+HELP = """usage: python -m cxrjobs.jobs.entrypoint [--help]
+
+Runs one replica of a cxrjobs job (the command of every local process and every pod; containers
+use it as their entrypoint). It takes no arguments: it reads the environment, loads the job's
+spec from runs/$CXRJOBS_RUN_ID/spec.json in the store and runs that job kind's replica function.
+
+Environment:
+  CXRJOBS_RUN_ID         the run (job name) whose spec to load                         [required]
+  CXRJOBS_STORE          the object store: s3://BUCKET/PREFIX or a local folder
+  CXRJOBS_S3_ENDPOINT    host:port of the S3/MinIO server (for s3:// stores)
+  CXRJOBS_S3_SECURE      1 for https, 0 for http
+  CXRJOBS_S3_ACCESS_KEY, CXRJOBS_S3_SECRET_KEY
+                         S3 credentials (on Kubernetes from a Secret; never on a command line)
+  CXRJOBS_CACHE_DIR      where store objects are cached (default $XDG_CACHE_HOME/cxrjobs)
+  JOB_COMPLETION_INDEX   this replica's index (set by the Indexed Job controller), or RANK
+  WORLD_SIZE             number of replicas
+  MASTER_ADDR, MASTER_PORT
+                         replica 0's address for the torch.distributed rendezvous
+  CXRJOBS_DIST_BACKEND   override the collective backend (gloo | nccl)
+  OMP_NUM_THREADS        threads per replica
+
+Exit status: 0 done, 2 a user error (bad spec, data or settings: not retried), 3 a rendezvous
+timeout (a peer late or lost: retried), else a crash.
+Example: CXRJOBS_RUN_ID=nih-train-1 CXRJOBS_STORE=s3://cxr/runs CXRJOBS_S3_ENDPOINT=minio:9000 \\
+           python -m cxrjobs.jobs.entrypoint"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args in (["--help"], ["-h"]):
+        print(HELP)
+        print("\nIn this environment:")
+        for name in ENV_READ:
+            value = os.environ.get(name)
+            shown = "(unset)" if value is None else "(set, hidden)" if name in SECRET_ENV else value
+            print(f"  {name}={shown}")
+        return 0
+    if args:
+        print(f"error: unexpected arguments {args}; the entrypoint reads only its environment "
+              "(see --help)", file=sys.stderr)
+        return 2
     try:
         store = open_store()
         run_id = os.environ.get("CXRJOBS_RUN_ID")

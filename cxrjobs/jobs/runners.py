@@ -28,7 +28,7 @@ def run_train(job: JobSpec, store: ObjectStore) -> None:
 
 def run_preprocess(job: JobSpec, store: ObjectStore) -> None:
     from cxrjobs.data.preprocess import merge, missing_shards, run_slice
-    from cxrjobs.train.distributed import rank_from_env
+    from cxrjobs.train.rank import rank_from_env
 
     index, count = rank_from_env()
     p = job.preprocess

@@ -18,7 +18,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from cxrjobs.errors import ConfigError, RendezvousTimeout
+from cxrjobs.errors import RendezvousTimeout
+from cxrjobs.train.rank import int_env, rank_from_env
 
 COLLECTIVE_TIMEOUT = timedelta(minutes=30)  # an epoch's evaluation can keep one rank busy
 
@@ -37,26 +38,6 @@ class DistContext:
     @property
     def distributed(self) -> bool:
         return self.backend is not None
-
-
-def _int_env(env, name: str, default: int | None = None) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        if default is None:
-            raise ConfigError(f"environment variable {name} is not set")
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"environment variable {name}={raw!r} is not an integer") from None
-
-
-def rank_from_env(env=os.environ) -> tuple[int, int]:
-    world = _int_env(env, "WORLD_SIZE", 1)
-    rank = _int_env(env, "RANK") if env.get("RANK") else _int_env(env, "JOB_COMPLETION_INDEX", 0)
-    if not 0 <= rank < world:
-        raise ConfigError(f"rank {rank} is outside WORLD_SIZE={world}")
-    return rank, world
 
 
 def wait_for_master(addr: str, port: int, rank: int, deadline: float, timeout: float) -> None:
@@ -108,9 +89,9 @@ def choose_device(rank: int, env=os.environ, gpus: int | None = None) -> tuple[t
     rank). No GPU: CPU and gloo. CXRJOBS_DIST_BACKEND overrides the backend."""
     gpus = (torch.cuda.device_count() if torch.cuda.is_available() else 0) if gpus is None else gpus
     if gpus:
-        local = _int_env(env, "LOCAL_RANK", rank % gpus)
+        local = int_env(env, "LOCAL_RANK", rank % gpus)
         device = torch.device("cuda", local % gpus)
-        backend = "nccl" if _int_env(env, "LOCAL_WORLD_SIZE", 1) <= gpus else "gloo"
+        backend = "nccl" if int_env(env, "LOCAL_WORLD_SIZE", 1) <= gpus else "gloo"
     else:
         device, backend = torch.device("cpu"), "gloo"
     return device, env.get("CXRJOBS_DIST_BACKEND") or backend
@@ -124,7 +105,7 @@ def init_distributed(rendezvous_timeout: float = 300.0, env=os.environ) -> DistC
     if world == 1:
         return DistContext(0, 1, device, None)
     addr = env.get("MASTER_ADDR") or "127.0.0.1"
-    port = _int_env(env, "MASTER_PORT", 29500)
+    port = int_env(env, "MASTER_PORT", 29500)
     deadline = time.monotonic() + rendezvous_timeout
     if rank != 0:
         wait_for_master(addr, port, rank, deadline, rendezvous_timeout)

@@ -6,9 +6,9 @@ run with the pods' security settings (read-only root, /tmp writable, uid 10001, 
 no-new-privileges) on a user-defined bridge network, named `<job>-<index>` like an Indexed Job's
 pods behind the headless Service. The S3 server (moto) listens on that network's gateway address.
 
-Minutes of work (builds are cached by the engine after the first run), root and a Docker engine
-(dockerd is started when none answers): skipped unless CXRJOBS_IMAGES_TEST=1, which
-`make images-test` sets.
+The tests that use the engine take minutes (builds are cached by the engine after the first run)
+and need root and a Docker engine (dockerd is started when none answers): they are skipped unless
+CXRJOBS_IMAGES_TEST=1, which `make images-test` sets. The first tests need neither.
 """
 
 from __future__ import annotations
@@ -26,14 +26,20 @@ import pytest
 from conftest import start_moto, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = [
-    pytest.mark.images,
+pytestmark = pytest.mark.images
+DOCKER = [
     pytest.mark.slow,
     pytest.mark.timeout(1800),  # a first run builds every image (minutes); later runs hit the cache
     pytest.mark.skipif(os.environ.get("CXRJOBS_IMAGES_TEST") != "1",
                        reason="container image tests build images with a Docker engine (minutes, root): "
                               "run `make images-test` (sets CXRJOBS_IMAGES_TEST=1)"),
 ]
+
+
+def docker(f):
+    for mark in DOCKER:
+        f = mark(f)
+    return f
 DIGEST = re.compile(r"rank (\d+) final weights sha256 ([0-9a-f]{64})")
 ACCESS, SECRET = "testing", "testing-secret-0123456789"
 
@@ -119,8 +125,47 @@ def run_job(job, image: str, net: str, timeout: float, volumes=()) -> list[str]:
     return logs
 
 
+# --- without an engine ----------------------------------------------------------------------------
+
+def test_entrypoint_help_lists_the_environment_it_reads():
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WORLD_SIZE": "3", "CXRJOBS_S3_SECRET_KEY": SECRET}
+    env.pop("MASTER_ADDR", None)
+    res = subprocess.run([sys.executable, "-m", "cxrjobs.jobs.entrypoint", "--help"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "Example:" in res.stdout and "JOB_COMPLETION_INDEX" in res.stdout
+    assert "  WORLD_SIZE=3" in res.stdout and "  MASTER_ADDR=(unset)" in res.stdout
+    assert "CXRJOBS_S3_SECRET_KEY=(set, hidden)" in res.stdout and SECRET not in res.stdout
+    bad = subprocess.run([sys.executable, "-m", "cxrjobs.jobs.entrypoint", "--rank", "1"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "reads only its environment" in bad.stderr
+
+
+def test_image_names_and_build_inputs():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert B.image_name("train") == f"cxrjobs-train:{version}"
+    assert B.image_name("tune", "registry.example.com/ml/") == f"registry.example.com/ml/cxrjobs-tune:{version}"
+    dockerfile = (ROOT / "images" / "Dockerfile").read_text()
+    assert "ARG BASE_IMAGE=python:3.11-slim-bookworm" in dockerfile
+    assert {f"AS {t}" for t in B.TARGETS} <= set(re.findall(r"AS [a-z-]+", dockerfile))
+    assert dockerfile.count("USER 10001:10001") == len(B.TARGETS)
+    # every requirement pinned exactly
+    for req in (ROOT / "images" / "requirements").glob("*.txt"):
+        for line in req.read_text().splitlines():
+            if line and not line.startswith(("#", "-r ")):
+                assert re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[A-Za-z0-9.+]+", line), f"{req.name}: {line}"
+    # the build context is a whitelist: no .git, venvs, stores or data
+    ignore = (ROOT / ".dockerignore").read_text().split()
+    assert ignore[ignore.index("*") + 1:][:4] == ["!pyproject.toml", "!README.md", "!cxrjobs/", "!images/"]
+
+
 # --- the images themselves ------------------------------------------------------------------------
 
+@docker
 @pytest.mark.parametrize("target", ["preprocess", "train", "tune"])
 def test_entrypoint_help_runs_as_a_pod_would(images, target):
     image = images[target]
@@ -141,6 +186,7 @@ def test_entrypoint_help_runs_as_a_pod_would(images, target):
     assert out[0] == "10001" and out[1] == "ro"
 
 
+@docker
 def test_preprocess_image_has_no_torch_and_train_has_a_cpu_build(images):
     """The offline build's torch is the CPU wheel reachable here, without torchvision
     (images/build.py OFFLINE_TORCH says why); `make images` builds the pinned pair."""
@@ -181,6 +227,7 @@ def _check_dataset(store, prefix: str, raw_count: int) -> dict:
     return manifest
 
 
+@docker
 def test_preprocess_job_two_containers_write_shards_to_s3(images, bridge, store_env, tmp_path):
     """Raw data on a read-only volume (`--volume` on Kubernetes), shards to the S3 store."""
     from cxrjobs.jobs.resolve import resolve_job
@@ -196,6 +243,7 @@ def test_preprocess_job_two_containers_write_shards_to_s3(images, bridge, store_
     _check_dataset(store_env, "datasets/phantom-vol", 48)
 
 
+@docker
 def test_preprocess_job_reads_raw_data_from_s3(images, bridge, store_env, tmp_path):
     """`cxrjobs data upload RAW --name raw/NAME`, then a preprocess job whose source is
     store://raw/NAME: each container lists its slice in the store and downloads only that."""
@@ -220,6 +268,7 @@ def test_preprocess_job_reads_raw_data_from_s3(images, bridge, store_env, tmp_pa
     _check_dataset(store_env, "datasets/phantom-s3", 48)
 
 
+@docker
 def test_ddp_training_two_containers_end_in_sync(images, bridge, store_env, phantom_nih_64):
     """Two containers `<job>-0` and `<job>-1`, MASTER_ADDR=<job>-0 (the headless Service's DNS
     shape), torch.distributed over gloo between them; both end with the same weights."""

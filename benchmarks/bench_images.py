@@ -53,8 +53,6 @@ def ddp_containers_vs_local(B, image: str, ds: Path, workdir: Path, rounds: int,
                             per_rank: int = 64, control: bool = True) -> list[dict]:
     from cxrjobs import api
     from cxrjobs.backends import get_backend
-    from cxrjobs.backends.base import replica_env
-    from cxrjobs.config import load_settings
     from cxrjobs.jobs.resolve import resolve_job
     from cxrjobs.storage import join_key, open_store
     from cxrjobs.storage.sync import upload_dir
@@ -71,7 +69,7 @@ def ddp_containers_vs_local(B, image: str, ds: Path, workdir: Path, rounds: int,
                           CXRJOBS_S3_SECURE="0", CXRJOBS_S3_ACCESS_KEY="bench", CXRJOBS_S3_SECRET_KEY="bench-secret-0123",
                           CXRJOBS_STATE_DIR=str(workdir / "images-state"), NO_PROXY=gateway)
         os.environ.pop("CXRJOBS_CONFIG", None)
-        store, settings = open_store(), load_settings()
+        store = open_store()
         upload_dir(ds, store, "datasets/bench-images", progress=False)
         secrets = {k: os.environ[k] for k in ("CXRJOBS_S3_ACCESS_KEY", "CXRJOBS_S3_SECRET_KEY")}
         stamp = time.strftime("%H%M%S")
@@ -79,8 +77,9 @@ def ddp_containers_vs_local(B, image: str, ds: Path, workdir: Path, rounds: int,
         def in_containers(name: str, replicas: int) -> float:
             job = resolve_job("nih-train", None, _train(name, replicas, per_rank, epochs))
             store.put_text(join_key("runs", job.name, "spec.json"), job.model_dump_json(indent=1))
-            envs = [replica_env(job, i, f"{job.name}-0", 29500, settings) for i in range(replicas)]
-            names = B.run_replicas(image, job.name, envs, net, secrets=secrets)
+            if B.rendered_pod(job)[0]["containers"][0]["image"] != image:
+                raise RuntimeError(f"the rendered pods run another image than {image}")
+            names = B.start_containers(B.job_containers(job, net), secrets)
             try:
                 codes = B.wait_containers(names, 1800)
                 if set(codes) != {0}:

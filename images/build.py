@@ -53,7 +53,9 @@ def version() -> str:
 
 
 def image_name(target: str, repository: str = "", tag: str | None = None) -> str:
-    return f"{repository}cxrjobs-{target}:{tag or version()}"
+    """As the Kubernetes backend names them (KubeOptions.image): [REPOSITORY/]cxrjobs-TARGET:TAG."""
+    repo = repository.rstrip("/")
+    return f"{repo + '/' if repo else ''}cxrjobs-{target}:{tag or version()}"
 
 
 def sh(cmd: list[str], check: bool = True, capture: bool = True, **kw) -> subprocess.CompletedProcess:
@@ -214,10 +216,62 @@ def build(targets=TARGETS, offline: bool = False, repository: str = "", base_ima
 
 # --- running replicas as pods would run ---------------------------------------------------------
 
-# The pods' securityContext as docker run flags: read-only root filesystem with /tmp writable (the
-# pods' emptyDir), uid 10001, no capabilities, no privilege escalation, a memory-backed /dev/shm.
-POD_FLAGS = ["--read-only", "--tmpfs", "/tmp:rw,exec,mode=1777", "--user", "10001:10001",
-             "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--shm-size", "512m"]
+def _docker_size(quantity: str) -> str:
+    """A Kubernetes quantity ("1Gi", "512Mi") as a docker size ("1g", "512m")."""
+    m = re.fullmatch(r"(\d+)([KMGT])i?", quantity)
+    if not m:
+        raise ValueError(f"cannot express {quantity!r} as a docker size")
+    return f"{m.group(1)}{m.group(2).lower()}"
+
+
+def pod_flags(pod_spec: dict) -> list[str]:
+    """`docker run` flags for a rendered pod spec's security settings and scratch volumes: read-only
+    root, the user, dropped capabilities, no privilege escalation, emptyDirs as tmpfs mounts and
+    the memory-backed /dev/shm as --shm-size. (RuntimeDefault seccomp is Docker's default.)"""
+    c = pod_spec["containers"][0]
+    sc, psc = c.get("securityContext", {}), pod_spec.get("securityContext", {})
+    flags = []
+    if sc.get("readOnlyRootFilesystem"):
+        flags.append("--read-only")
+    uid = sc.get("runAsUser", psc.get("runAsUser"))
+    if uid is not None:
+        flags += ["--user", f"{uid}:{sc.get('runAsGroup', psc.get('runAsGroup', uid))}"]
+    for cap in sc.get("capabilities", {}).get("drop", []):
+        flags += ["--cap-drop", cap]
+    if sc.get("allowPrivilegeEscalation") is False:
+        flags += ["--security-opt", "no-new-privileges"]
+    volumes = {v["name"]: v for v in pod_spec.get("volumes", [])}
+    for m in c.get("volumeMounts", []):
+        empty = volumes[m["name"]].get("emptyDir")
+        if empty is None:
+            raise ValueError(f"volume {m['name']}: only emptyDir volumes are translated")
+        if m["mountPath"] == "/dev/shm":
+            flags += ["--shm-size", _docker_size(empty.get("sizeLimit", "64Mi"))]
+        else:
+            flags += ["--tmpfs", f"{m['mountPath']}:rw,exec,mode=1777"]
+    return flags
+
+
+def pod_run_command(pod_spec: dict, index: int, name: str, network: str, env_from: dict[str, str],
+                    secret_names=(), aliases=(), volumes=()) -> list[str]:
+    """`docker run` for replica `index` of a rendered Indexed Job pod template: its image,
+    command, env, security settings and scratch volumes, JOB_COMPLETION_INDEX as the Job
+    controller sets it, the ConfigMap's values as `env_from`, and the Secret's keys by name only
+    (values from the caller's environment, so no command line holds them)."""
+    c = pod_spec["containers"][0]
+    env = {**env_from, **{e["name"]: e["value"] for e in c.get("env", []) if "value" in e},
+           "JOB_COMPLETION_INDEX": str(index)}
+    cmd = ["docker", "run", "--detach", "--name", name, "--hostname", name, "--network", network,
+           *(x for a in aliases for x in ("--network-alias", a)), *pod_flags(pod_spec),
+           *(x for v in volumes for x in ("--volume", v)),
+           *(x for k, v in env.items() for x in ("--env", f"{k}={v}")),
+           *(x for k in secret_names for x in ("--env", k))]
+    command = c.get("command")
+    if command:
+        cmd += ["--entrypoint", command[0], c["image"], *command[1:]]
+    else:
+        cmd.append(c["image"])
+    return cmd + list(c.get("args", []))
 
 
 def network_create(name: str) -> str:
@@ -230,20 +284,38 @@ def network_remove(name: str) -> None:
     sh(["docker", "network", "rm", name], check=False)
 
 
-def run_replicas(image: str, job: str, envs: list[dict], network: str, secrets: dict | None = None,
-                 volumes: tuple[str, ...] = ()) -> list[str]:
-    """Start replica i as container `<job>-i` (hostname the same: the DNS shape of an Indexed Job's
-    pods behind a headless Service), detached. Secrets pass by name only (`-e NAME`, the value
-    from this process's environment), so they appear on no command line."""
+def rendered_pod(job) -> tuple[dict, dict | None]:
+    """The Kubernetes backend's rendering of a cxrjobs JobSpec (default KubeOptions: these
+    images, uid 10001): (its Job's pod spec, its headless Service or None). Needs cxrjobs."""
+    from cxrjobs.backends.kubernetes.options import KubeOptions
+    from cxrjobs.backends.kubernetes.render import render
+
+    objects = render(job, KubeOptions())
+    job_obj = next(o for o in objects if o["kind"] == "Job")
+    return job_obj["spec"]["template"]["spec"], next((o for o in objects if o["kind"] == "Service"), None)
+
+
+def job_containers(job, network: str, volumes=()) -> list[list[str]]:
+    """`docker run` commands for every pod of a job's rendered Indexed Job: container
+    `<job>-<i>`, aliased `<job>-<i>.<service>` (the name the headless Service gives the pod, so
+    the rendered MASTER_ADDR resolves), with the store settings the cxrjobs-config ConfigMap
+    would hold (from this process's settings) and the S3 credentials by name."""
+    from cxrjobs.config import SECRET_ENV, load_settings
+
+    pod, service = rendered_pod(job)
+    config_map = load_settings().job_env()
+    svc = service["metadata"]["name"] if service else None
+    return [pod_run_command(pod, i, f"{job.name}-{i}", network, config_map, SECRET_ENV,
+                            [f"{job.name}-{i}.{svc}"] if svc else [], volumes)
+            for i in range(job.replicas)]
+
+
+def start_containers(commands: list[list[str]], secrets: dict | None = None) -> list[str]:
+    """Run each `docker run --detach --name NAME ...` command; returns the container names."""
     names = []
-    for i, env in enumerate(envs):
-        name = f"{job}-{i}"
-        cmd = ["docker", "run", "--detach", "--name", name, "--hostname", name, "--network", network,
-               *POD_FLAGS, *(x for v in volumes for x in ("--volume", v)),
-               *(x for k, v in sorted(env.items()) for x in ("--env", f"{k}={v}")),
-               *(x for k in sorted(secrets or {}) for x in ("--env", k)), image]
+    for cmd in commands:
         sh(cmd, env={**os.environ, **(secrets or {})})
-        names.append(name)
+        names.append(cmd[cmd.index("--name") + 1])
     return names
 
 
@@ -277,7 +349,7 @@ def main() -> int:
     b = sub.add_parser("build", help="build the images")
     b.add_argument("--offline", action="store_true", help="debootstrap base and a local wheelhouse")
     b.add_argument("--targets", default=",".join(TARGETS))
-    b.add_argument("--repository", default="", help='image name prefix, e.g. "registry.example.com/ml/"')
+    b.add_argument("--repository", default="", help='registry/prefix, e.g. "registry.example.com/ml"')
     b.add_argument("--base-image", help="BASE_IMAGE build arg (default: the Dockerfile's)")
     b.add_argument("--torch-variant", help="cpu (default) or a CUDA build, e.g. cu130")
     b.add_argument("--json", action="store_true", help="print the results as JSON")

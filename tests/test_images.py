@@ -104,17 +104,22 @@ def store_env(bridge, monkeypatch):
     return open_store()
 
 
-def run_job(job, image: str, net: str, timeout: float, volumes=()) -> list[str]:
-    """Store the job's spec and run its replicas as containers `<job>-<i>`; returns their logs."""
-    from cxrjobs.backends.base import replica_env
-    from cxrjobs.config import load_settings
+pod_of = B.rendered_pod
+
+
+def run_job(job, net: str, timeout: float, volumes=()) -> list[str]:
+    """Store the job's spec, then run each pod of its rendered Indexed Job as container
+    `<job>-<i>` (aliased `<job>-<i>.<service>`, the name the headless Service gives it), with
+    the pod's image, command, env, security settings and scratch volumes; returns their logs."""
     from cxrjobs.storage import join_key, open_store
 
     open_store().put_text(join_key("runs", job.name, "spec.json"), job.model_dump_json(indent=1))
-    settings = load_settings()
-    envs = [replica_env(job, i, f"{job.name}-0", 29500, settings) for i in range(job.replicas)]
-    names = B.run_replicas(image, job.name, envs, net, volumes=volumes,
-                           secrets={"CXRJOBS_S3_ACCESS_KEY": ACCESS, "CXRJOBS_S3_SECRET_KEY": SECRET})
+    pod, service = pod_of(job)
+    commands = B.job_containers(job, net, volumes)
+    if service:
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        assert env["MASTER_ADDR"] == f"{job.name}-0.{service['metadata']['name']}"
+    names = B.start_containers(commands, {"CXRJOBS_S3_ACCESS_KEY": ACCESS, "CXRJOBS_S3_SECRET_KEY": SECRET})
     try:
         codes = B.wait_containers(names, timeout)
         logs = [B.container_logs(n) for n in names]
@@ -123,6 +128,18 @@ def run_job(job, image: str, net: str, timeout: float, volumes=()) -> list[str]:
     for i, (code, log) in enumerate(zip(codes, logs)):
         assert code == 0, f"replica {i} exited {code}; its log:\n{log[-4000:]}"
     return logs
+
+
+@pytest.fixture(scope="module")
+def pod_flags():
+    """The rendered pods' security settings and scratch volumes as docker run flags."""
+    from cxrjobs.jobs.resolve import resolve_job
+
+    job = resolve_job("nih-train", None, dict(name="flags", replicas=2, train=dict(data="datasets/x")))
+    flags = B.pod_flags(pod_of(job)[0])
+    for flag in ("--read-only", "no-new-privileges", "ALL", "10001:10001", "/tmp:rw,exec,mode=1777"):
+        assert flag in flags, flags
+    return flags
 
 
 # --- without an engine ----------------------------------------------------------------------------
@@ -149,6 +166,11 @@ def test_image_names_and_build_inputs():
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert B.image_name("train") == f"cxrjobs-train:{version}"
     assert B.image_name("tune", "registry.example.com/ml/") == f"registry.example.com/ml/cxrjobs-tune:{version}"
+    # the names the Kubernetes backend puts in its pods
+    from cxrjobs.backends.kubernetes.options import KubeOptions
+
+    opts = KubeOptions(image_repository="registry.example.com/ml")
+    assert all(opts.image(f"cxrjobs-{t}") == B.image_name(t, "registry.example.com/ml") for t in B.TARGETS)
     dockerfile = (ROOT / "images" / "Dockerfile").read_text()
     assert "ARG BASE_IMAGE=python:3.11-slim-bookworm" in dockerfile
     assert {f"AS {t}" for t in B.TARGETS} <= set(re.findall(r"AS [a-z-]+", dockerfile))
@@ -167,13 +189,13 @@ def test_image_names_and_build_inputs():
 
 @docker
 @pytest.mark.parametrize("target", ["preprocess", "train", "tune"])
-def test_entrypoint_help_runs_as_a_pod_would(images, target):
+def test_entrypoint_help_runs_as_a_pod_would(images, pod_flags, target):
     image = images[target]
     cfg = json.loads(B.sh(["docker", "image", "inspect", "--format", "{{json .Config}}", image]).stdout)
     assert cfg["User"] == "10001:10001"
     assert cfg["Entrypoint"] == ["python", "-m", "cxrjobs.jobs.entrypoint"]
     assert not any(k.startswith("CXRJOBS_S3_") for k in (e.split("=")[0] for e in cfg["Env"])), cfg["Env"]
-    res = B.sh(["docker", "run", "--rm", *B.POD_FLAGS, "--env", "WORLD_SIZE=4", "--env", "CXRJOBS_S3_SECRET_KEY",
+    res = B.sh(["docker", "run", "--rm", *pod_flags, "--env", "WORLD_SIZE=4", "--env", "CXRJOBS_S3_SECRET_KEY",
                 image, "--help"], env={**os.environ, "CXRJOBS_S3_SECRET_KEY": SECRET})
     assert "CXRJOBS_RUN_ID" in res.stdout and "MASTER_ADDR" in res.stdout
     assert "  WORLD_SIZE=4" in res.stdout                      # it shows what it reads
@@ -182,24 +204,24 @@ def test_entrypoint_help_runs_as_a_pod_would(images, target):
     probe = ("import os, pathlib; print(os.getuid());"
              "pathlib.Path('/tmp/x').write_text('ok');"
              "import sys\ntry: open('/opt/venv/x', 'w')\nexcept OSError as e: print('ro', e.errno)")
-    out = B.sh(["docker", "run", "--rm", *B.POD_FLAGS, "--entrypoint", "python", image, "-c", probe]).stdout.split()
+    out = B.sh(["docker", "run", "--rm", *pod_flags, "--entrypoint", "python", image, "-c", probe]).stdout.split()
     assert out[0] == "10001" and out[1] == "ro"
 
 
 @docker
-def test_preprocess_image_has_no_torch_and_train_has_a_cpu_build(images):
+def test_preprocess_image_has_no_torch_and_train_has_a_cpu_build(images, pod_flags):
     """The offline build's torch is the CPU wheel reachable here, without torchvision
     (images/build.py OFFLINE_TORCH says why); `make images` builds the pinned pair."""
-    no = B.sh(["docker", "run", "--rm", *B.POD_FLAGS, "--entrypoint", "python", images["preprocess"], "-c",
+    no = B.sh(["docker", "run", "--rm", *pod_flags, "--entrypoint", "python", images["preprocess"], "-c",
                "import torch"], check=False)
     assert no.returncode != 0 and "No module named 'torch'" in no.stderr
-    v = B.sh(["docker", "run", "--rm", *B.POD_FLAGS, "--entrypoint", "python", images["train"], "-c",
+    v = B.sh(["docker", "run", "--rm", *pod_flags, "--entrypoint", "python", images["train"], "-c",
               "import importlib.util as u, torch; print(torch.__version__, torch.version.cuda, "
               "torch.cuda.is_available(), u.find_spec('torchvision') is not None)"])
     version, cuda, available, torchvision = v.stdout.split()
     assert version == B.OFFLINE_TORCH[0] and cuda == "None" and available == "False", v.stdout
     assert torchvision == str(bool(B.OFFLINE_TORCH[1]))
-    ray = B.sh(["docker", "run", "--rm", *B.POD_FLAGS, "--entrypoint", "python", images["tune"], "-c",
+    ray = B.sh(["docker", "run", "--rm", *pod_flags, "--entrypoint", "python", images["tune"], "-c",
                 "import ray; print(ray.__version__)"])
     assert ray.stdout.strip() == "2.60.0"
 
@@ -237,7 +259,8 @@ def test_preprocess_job_two_containers_write_shards_to_s3(images, bridge, store_
         name=f"prep-vol-{uuid.uuid4().hex[:6]}", replicas=2,
         preprocess=dict(spec=dict(source="/data/raw", format="nih", size=64, shard_size=8),
                         output="datasets/phantom-vol")))
-    logs = run_job(job, images["preprocess"], bridge[0], 300, volumes=(f"{raw}:/data/raw:ro",))
+    assert images["preprocess"] == pod_of(job)[0]["containers"][0]["image"]
+    logs = run_job(job, bridge[0], 300, volumes=(f"{raw}:/data/raw:ro",))
     assert all("slice" in log for log in logs)
     assert any("merged" in log for log in logs)
     _check_dataset(store_env, "datasets/phantom-vol", 48)
@@ -264,7 +287,7 @@ def test_preprocess_job_reads_raw_data_from_s3(images, bridge, store_env, tmp_pa
     job = resolve_job("preprocess", None, dict(
         name=f"prep-s3-{uuid.uuid4().hex[:6]}", replicas=2,
         preprocess=dict(spec=source, output="datasets/phantom-s3")))
-    run_job(job, images["preprocess"], bridge[0], 300)
+    run_job(job, bridge[0], 300)
     _check_dataset(store_env, "datasets/phantom-s3", 48)
 
 
@@ -281,7 +304,8 @@ def test_ddp_training_two_containers_end_in_sync(images, bridge, store_env, phan
         name=f"ddp-{uuid.uuid4().hex[:6]}", replicas=2, backoff_limit=0, rendezvous_timeout=120,
         train=dict(data="datasets/phantom64", epochs=2, batch_size=32, optimizer="adam", lr=1e-3,
                    threads=1, bootstrap=20)))
-    logs = run_job(job, images["train"], bridge[0], 600)
+    assert images["train"] == pod_of(job)[0]["containers"][0]["image"]
+    logs = run_job(job, bridge[0], 600)
     assert "gloo" in logs[0] and "rendezvous done" in logs[1]
     digests = {int(r): d for log in logs for r, d in DIGEST.findall(log)}
     assert set(digests) == {0, 1} and digests[0] == digests[1], digests

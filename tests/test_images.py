@@ -223,6 +223,9 @@ def test_preprocess_image_has_no_torch_and_train_has_a_cpu_build(images, pod_fla
     version, cuda, available, torchvision = v.stdout.split()
     assert version == B.OFFLINE_TORCH[0] and cuda == "None" and available == "False", v.stdout
     assert torchvision == str(bool(B.OFFLINE_TORCH[1]))
+    # what evaluate jobs (run in the train image) import: metrics, plots, the HTML report
+    B.sh(["docker", "run", "--rm", *pod_flags, "--entrypoint", "python", images["train"], "-c",
+          "import cxrjobs.eval.metrics, cxrjobs.eval.plots, sklearn.metrics, matplotlib.pyplot, jinja2"])
     ray = B.sh(["docker", "run", "--rm", *pod_flags, "--entrypoint", "python", images["tune"], "-c",
                 "import ray; print(ray.__version__)"])
     assert ray.stdout.strip() == "2.60.0"

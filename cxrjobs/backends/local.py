@@ -28,6 +28,7 @@ from cxrjobs.backends.base import (TERMINAL, Backend, JobStatus, SubmitPlan, rep
 from cxrjobs.backends.states import LOCAL_STATES, local_state
 from cxrjobs.config import SECRET_ENV, Settings, load_settings
 from cxrjobs.errors import ConfigError, CxrError
+from cxrjobs.jobs.registry import get_kind
 from cxrjobs.jobs.spec import JobSpec, check_run_name
 from cxrjobs.storage.local import atomic_write_bytes
 
@@ -131,6 +132,11 @@ class LocalBackend(Backend):
             self._locks.pop(run, None)
             os.close(fd)  # releases the lock
 
+    @staticmethod
+    def processes(job: JobSpec) -> int:
+        # A RayJob kind runs one driver process here; Ray (started by it) runs the workers.
+        return 1 if get_kind(job.kind).workload == "ray-job" else job.replicas
+
     def submit_dryrun(self, job: JobSpec) -> SubmitPlan:
         # All replicas share this host: LOCAL_* as torchrun sets them, so GPUs are assigned per rank.
         # Gloo's peer sockets on the loopback interface too: nothing of a local run listens on
@@ -140,7 +146,7 @@ class LocalBackend(Backend):
                     "env": {**replica_env(job, i, "127.0.0.1", PORT_PLACEHOLDER, self.settings), **gloo},
                     "secret_env": [k for k in SECRET_ENV if os.environ.get(k)],
                     "log": str(self._dir(job.name) / "logs" / f"replica-{i}.log")}
-                   for i in range(job.replicas)]
+                   for i in range(self.processes(job))]
         return SubmitPlan(job.name, self.name, job, objects)
 
     def schedule(self, plan: SubmitPlan) -> JobStatus:
@@ -152,7 +158,7 @@ class LocalBackend(Backend):
             (d / "supervisor.pid").unlink(missing_ok=True)  # a previous attempt's
             write_json(d / "plan.json", {"job": plan.job.model_dump(mode="json"), "objects": plan.objects})
             write_json(d / "state.json", {"run": plan.run, "state": "Pending", "kind": plan.job.kind,
-                                          "replicas": plan.job.replicas, "restarts": 0,
+                                          "replicas": len(plan.objects), "restarts": 0,
                                           "submitted": time.time()})
             env = {k: os.environ[k] for k in HOST_ENV + SECRET_ENV if k in os.environ}
             env.update(self.settings.job_env(), CXRJOBS_RUN_ID=plan.run)  # marks the run's processes

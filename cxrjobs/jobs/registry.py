@@ -58,3 +58,6 @@ register(JobKind("preprocess", "preprocess", "cxrjobs.jobs.runners:run_preproces
                  "decode and shard a raw dataset; replica i takes slice i"))
 register(JobKind("evaluate", "evaluate", "cxrjobs.eval.job:run_evaluate", True,
                  "score a run on a dataset split or an external set (threshold from its validation split)"))
+register(JobKind("tune", "tune", "cxrjobs.tune.job:run_tune", False,
+                 "hyper-parameter search (Ray Tune PBT / ASHA / random) over a training job",
+                 workload="ray-job"))

@@ -17,6 +17,7 @@ from cxrjobs.jobs.registry import KINDS
 from cxrjobs.specs.eval import EvalSpec
 from cxrjobs.specs.preprocess import PreprocessSpec
 from cxrjobs.specs.train import TrainSpec
+from cxrjobs.specs.tune import TuneSpec
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?$")  # a valid Kubernetes Job name
 NAME_RULE = "lower-case letters, digits and '-', at most 52 characters, starting and ending alphanumeric"
@@ -63,6 +64,7 @@ class JobSpec(BaseModel):
     train: TrainSpec | None = None
     preprocess: PreprocessJob | None = None
     evaluate: EvalSpec | None = None
+    tune: TuneSpec | None = None
 
     @model_validator(mode="after")
     def _payload(self):

@@ -1,0 +1,1 @@
+"""Hyper-parameter search with Ray Tune over the one training loop."""

@@ -1,0 +1,103 @@
+"""The `tune` job kind's driver: `python -m cxrjobs.jobs.entrypoint` runs it from spec.json, on
+the local backend (one process that starts its own Ray, on 127.0.0.1 only) or as a KubeRay
+RayJob's entrypoint (RAY_ADDRESS set by KubeRay: it joins that cluster)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from cxrjobs.config import load_settings
+from cxrjobs.errors import CxrError
+from cxrjobs.jobs.spec import JobSpec
+from cxrjobs.storage import ObjectStore
+
+# Ray's unix socket paths (<temp>/session_<date>_<pid>/sockets/plasma_store) must stay under
+# 107 bytes: a longer state directory gets a short temp dir, linked from the state directory.
+MAX_TEMP_DIR = 36
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def loopback_only() -> None:
+    """A Ray started here binds its servers to 127.0.0.1 instead of the host's address: Ray's
+    single-machine mode (its default on macOS/Windows). Set before Ray starts its processes,
+    which inherit the variable."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    import ray._private.ray_constants as rc
+    rc.ENABLE_RAY_CLUSTER = False  # if ray was imported before the variable was set
+
+
+def ray_temp_dir(state_dir: Path) -> tuple[Path, Path | None]:
+    """(temp dir to give Ray, short dir to remove at the end or None)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    link = state_dir / "ray"
+    if len(str(link)) <= MAX_TEMP_DIR:
+        return link, None
+    short = Path(tempfile.mkdtemp(prefix="cxr-ray-"))
+    if link.is_symlink() or link.exists():
+        link.unlink() if link.is_symlink() else shutil.rmtree(link)
+    link.symlink_to(short, target_is_directory=True)
+    return short, short
+
+
+def run_tune(job: JobSpec, store: ObjectStore, hook=None) -> dict:
+    spec = job.tune
+    settings = load_settings()
+    local = not os.environ.get("RAY_ADDRESS")
+    if local:
+        loopback_only()
+    import ray
+
+    from cxrjobs.tune.export import export
+    from cxrjobs.tune.runner import RESULTS_FILE, HistoryLog, read_jsonl, run_search
+
+    interrupted = threading.Event()
+
+    def on_term(*_):  # cancel / pod deletion: Tune saves the experiment state and stops
+        interrupted.set()
+        signal.raise_signal(signal.SIGINT)
+
+    t0 = time.time()
+    cleanup = None
+    if local:
+        cpus = spec.cpus or len(os.sched_getaffinity(0))
+        temp, cleanup = ray_temp_dir(settings.local_state / job.name)
+        ray.init(num_cpus=cpus, include_dashboard=False, _temp_dir=str(temp),
+                 _node_ip_address="127.0.0.1", log_to_driver=False, logging_level="WARNING")
+    else:
+        ray.init(log_to_driver=False, logging_level="WARNING")
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        cpus = min(cpus, spec.cpus) if spec.cpus else cpus
+    # After ray.init, whose core worker installs its own (fatal) SIGTERM handler.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_term) if main else None
+    try:
+        grid = run_search(spec, job.name, settings, cpus=cpus, log=log, hook=hook)
+        if interrupted.is_set():
+            raise CxrError(f"search {job.name} interrupted; its state is saved: resubmit the same "
+                           "spec under the same --name to resume it")
+        results = read_jsonl(store, f"runs/{job.name}/{RESULTS_FILE}")
+        summary = export(grid, spec, job.name, store, HistoryLog(job.name).load(), results, time.time() - t0)
+        best = summary["best"]
+        where = f"{store.url}/runs/{job.name}"
+        log(f"search {job.name} finished: {summary['trials']} trials ({summary['errored']} errored), "
+            f"{summary['exploits']} exploits in {summary['wall_seconds']:.0f}s; "
+            + (f"best {spec.metric} {best['value']:.4f} (val split, trial {best['trial']}) exported as run "
+               f"{best['run']}" if best else "no trial produced a checkpoint")
+            + f"; artifacts: {where}")
+        return summary
+    finally:
+        ray.shutdown()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if cleanup is not None:
+            shutil.rmtree(cleanup, ignore_errors=True)
+            (settings.local_state / job.name / "ray").unlink(missing_ok=True)

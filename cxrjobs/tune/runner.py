@@ -1,0 +1,253 @@
+"""The search itself: a Ray Tune Tuner over the trainable, with PBT, ASHA or random search.
+
+The experiment (trial results, Tune checkpoints, experiment state) lives in the object store at
+runs/<tune-id>/ray/: on S3 through a pyarrow S3 filesystem pointed at the store's endpoint, so
+every node of a cluster shares it; a local store is a local directory. A second start of the
+same run finds that experiment and resumes it with Tuner.restore: finished trials stay finished,
+unfinished and errored ones continue from their last checkpoints.
+
+While it runs, runs/<tune-id>/tune_status.json (trial counts, best so far) and, under PBT,
+runs/<tune-id>/pbt_history.jsonl (each exploit: who cloned whom at which epoch, old and new
+values) are kept up to date; `cxrjobs status` shows the former.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+from cxrjobs.config import SECRET_ENV, Settings
+from cxrjobs.specs.tune import TuneSpec
+from cxrjobs.storage import ObjectStore, join_key, open_store
+from cxrjobs.tune import space as spaces
+from cxrjobs.tune.trainable import train_trial
+
+EXPERIMENT = "ray"          # runs/<tune-id>/ray/ holds Tune's experiment
+STATUS_FILE = "tune_status.json"
+HISTORY_FILE = "pbt_history.jsonl"
+RESULTS_FILE = "results.jsonl"
+# What results.jsonl keeps of each reported epoch (besides the metric).
+ROW_KEYS = ("epoch", "val_loss", "lineage_best", "train_loss", "optimizer", "lr", "momentum",
+            "weight_decay", "step_size", "gamma", "weights", "restored_epoch", "restored_digest",
+            "time_total_s", "time_this_iter_s")
+
+
+def read_jsonl(store: ObjectStore, key: str) -> list[dict]:
+    text = store.get_text(key) if store.exists(key) else ""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+class _StoreFile:
+    """A small JSON(L) file of the tune run in the object store, rewritten whole (atomic)."""
+
+    def __init__(self, tune_id: str, name: str):
+        self.key = join_key("runs", tune_id, name)
+        self._store: ObjectStore | None = None
+
+    @property
+    def store(self) -> ObjectStore:
+        if self._store is None:
+            self._store = open_store()
+        return self._store
+
+    def __getstate__(self):  # Tune pickles its scheduler and callbacks with the experiment
+        return {**self.__dict__, "_store": None}
+
+
+class HistoryLog(_StoreFile):
+    def __init__(self, tune_id: str):
+        super().__init__(tune_id, HISTORY_FILE)
+        self.entries: list[dict] | None = None
+
+    def load(self) -> list[dict]:
+        if self.entries is None:  # a resumed experiment keeps the exploits before the restart
+            self.entries = read_jsonl(self.store, self.key)
+        return self.entries
+
+    def append(self, entry: dict) -> None:
+        self.load().append(entry)
+        self.store.put_text(self.key, "".join(json.dumps(e) + "\n" for e in self.entries))
+
+
+class RecordingPBT(PopulationBasedTraining):
+    """PBT that records every exploit with the donor's epoch and weights digest, so the
+    perturbation history says exactly which checkpoint a trial continued from."""
+
+    def __init__(self, history: HistoryLog, last_epoch: int, **kwargs):
+        super().__init__(**kwargs)
+        self.history, self.last_epoch = history, last_epoch
+
+    def on_trial_result(self, tune_controller, trial, result):
+        # A trial at its last epoch is done: cloning into it (or pausing it) would only cost time.
+        if result.get("epoch", 0) >= self.last_epoch:
+            return self.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
+
+    def _exploit(self, tune_controller, trial, trial_to_clone):
+        donor = self._trial_state[trial_to_clone].last_result or {}
+        before, old = trial.last_result or {}, dict(trial.config)
+        super()._exploit(tune_controller, trial, trial_to_clone)
+        keys = list(self._hyperparam_mutations)
+        self.history.append({
+            "time": time.time(), "trial": trial.trial_id, "trial_epoch": before.get("epoch"),
+            "trial_score": before.get(self._metric), "donor": trial_to_clone.trial_id,
+            "donor_epoch": donor.get("epoch"), "donor_score": donor.get(self._metric),
+            "donor_weights": donor.get("weights"),
+            "old_config": {k: old.get(k) for k in keys},
+            "donor_config": {k: trial_to_clone.config.get(k) for k in keys},
+            "new_config": {k: trial.config.get(k) for k in keys}})
+
+
+class StatusCallback(tune.Callback):
+    """Every reported epoch of every trial (results.jsonl: the search's own record, complete
+    across pauses, restores and resumed experiments), trial counts and the best result so far
+    (tune_status.json, for `cxrjobs status`), and one progress line per epoch in the job's log."""
+
+    def __init__(self, tune_id: str, spec: TuneSpec, log: Callable[[str], None] = print):
+        self.status = _StoreFile(tune_id, STATUS_FILE)
+        self.results = _StoreFile(tune_id, RESULTS_FILE)
+        self.metric, self.mode, self.total = spec.metric, spec.mode, spec.trials
+        self.log = log
+        self.best: dict | None = None
+        self.rows: list[dict] | None = None
+        self.started = time.time()
+
+    def setup(self, **info):
+        # A resumed experiment keeps what was recorded before the interruption.
+        if self.rows is None:
+            self.rows = read_jsonl(self.results.store, self.results.key)
+        if self.best is None and self.status.store.exists(self.status.key):
+            self.best = json.loads(self.status.store.get_text(self.status.key)).get("best")
+
+    def _better(self, v) -> bool:
+        if not isinstance(v, (int, float)) or math.isnan(v):
+            return False
+        return self.best is None or (v < self.best["value"] if self.mode == "min" else v > self.best["value"])
+
+    def _write(self, trials, final: bool = False) -> None:
+        counts: dict[str, int] = {}
+        for t in trials:
+            counts[t.status.lower()] = counts.get(t.status.lower(), 0) + 1
+        doc = {"trials": {"total": self.total, **counts}, "metric": self.metric, "mode": self.mode,
+               "best": self.best, "epochs_reported": len(self.rows or []),
+               "elapsed_s": time.time() - self.started, "updated": time.time(), "finished": final}
+        self.status.store.put_text(self.status.key, json.dumps(doc, indent=1, default=str))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if self.rows is None:
+            self.setup()
+        row = {"trial": trial.trial_id, "time": time.time(),
+               **{k: result.get(k) for k in ROW_KEYS if k in result}, self.metric: result.get(self.metric),
+               "config": {k: trial.config.get(k) for k in sorted(trial.config)}}
+        self.rows.append(row)
+        self.results.store.put_text(self.results.key, "".join(json.dumps(r, default=str) + "\n" for r in self.rows))
+        v = result.get(self.metric)
+        if self._better(v):
+            self.best = {"trial": trial.trial_id, "value": v, "epoch": result.get("epoch"),
+                         "split": "val", "config": row["config"]}
+        best = f"{self.best['value']:.4f} ({self.best['trial']})" if self.best else "-"
+        self.log(f"trial {trial.trial_id} epoch {result.get('epoch')} {self.metric} {v:.4f}; best so far {best}")
+        self._write(trials)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._write(trials)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.log(f"trial {trial.trial_id} failed for good: {trial.error_file or ''}")
+        self._write(trials)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.log(f"trial {trial.trial_id} failed; retrying from its last checkpoint")
+        self._write(trials)
+
+    def on_experiment_end(self, trials, **info):
+        self._write(trials, final=True)
+
+
+def storage_for(settings: Settings, tune_id: str) -> tuple[str, Any]:
+    """(storage_path, pyarrow filesystem or None) of the run's Tune experiment in the store."""
+    if not settings.is_s3:
+        from pathlib import Path
+        return str(Path(settings.store).expanduser().resolve() / "runs" / tune_id), None
+    import pyarrow.fs
+
+    bucket, _, prefix = settings.store[len("s3://"):].partition("/")
+    fs = pyarrow.fs.S3FileSystem(
+        access_key=os.environ.get(SECRET_ENV[0]), secret_key=os.environ.get(SECRET_ENV[1]),
+        endpoint_override=settings.s3_endpoint, scheme="https" if settings.s3_secure else "http",
+        region="us-east-1")
+    return "/".join(p for p in (bucket, prefix.strip("/"), "runs", tune_id) if p), fs
+
+
+def make_scheduler(spec: TuneSpec, history: HistoryLog):
+    if spec.algo == "pbt":
+        space = spec.space or {}
+        return RecordingPBT(
+            history, spec.epochs_per_trial, time_attr="epoch", perturbation_interval=spec.perturbation_interval,
+            hyperparam_mutations=spaces.mutations(space), quantile_fraction=spec.quantile_fraction,
+            resample_probability=spec.resample_probability,
+            custom_explore_fn=lambda config: spaces.clamp(space, config))
+    if spec.algo == "asha":
+        return ASHAScheduler(time_attr="epoch", max_t=spec.epochs_per_trial, grace_period=1,
+                             reduction_factor=2)
+    return FIFOScheduler()
+
+
+@dataclass
+class Plan:
+    cpus: int
+    concurrent: int
+    threads: int
+
+
+def plan(spec: TuneSpec, cpus: int) -> Plan:
+    """Trials at once and torch threads per trial: cores / concurrent trials, no oversubscription."""
+    concurrent = max(1, min(spec.trials, spec.max_concurrent or cpus))
+    return Plan(cpus, concurrent, max(1, cpus // concurrent))
+
+
+def run_search(spec: TuneSpec, tune_id: str, settings: Settings, *, cpus: int,
+               log: Callable[[str], None] = print, hook: Callable | None = None):
+    """Run (or resume) the search; returns Tune's ResultGrid. Ray must be initialised."""
+    import random
+
+    p = plan(spec, cpus)
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, tune_json=spec.model_dump_json(), threads=p.threads, hook=hook),
+        {"cpu": p.threads})
+    path, fs = storage_for(settings, tune_id)
+    experiment = f"{path}/{EXPERIMENT}"
+    if tune.Tuner.can_restore(experiment, storage_filesystem=fs):
+        log(f"resuming the search from {experiment}: finished trials are kept, the others "
+            "continue from their last checkpoints")
+        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True,
+                                   resume_errored=True, storage_filesystem=fs)
+    else:
+        random.seed(spec.seed)  # PBT's explore draws from `random`
+        history = HistoryLog(tune_id)
+        log(f"searching {spec.trials} trials x {spec.epochs_per_trial} epochs ({spec.algo}, "
+            f"{spec.metric} {spec.mode}) over {json.dumps(spec.space)}; {p.concurrent} at once "
+            f"x {p.threads} thread(s) on {p.cpus} CPUs")
+        from ray.tune.search import BasicVariantGenerator
+        tuner = tune.Tuner(
+            trainable, param_space=spaces.param_space(spec.space or {}),
+            tune_config=tune.TuneConfig(
+                metric=spec.metric, mode=spec.mode, num_samples=spec.trials,
+                scheduler=make_scheduler(spec, history),
+                search_alg=BasicVariantGenerator(random_state=spec.seed, max_concurrent=p.concurrent),
+                # A paused trial (PBT: population > concurrent trials) resumes in a warm process.
+                reuse_actors=True),
+            run_config=tune.RunConfig(
+                name=EXPERIMENT, storage_path=path, storage_filesystem=fs, verbose=0,
+                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                # PBT clones a donor's checkpoint from its last perturbation: keep enough.
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.perturbation_interval + 2),
+                callbacks=[StatusCallback(tune_id, spec, log)]))
+    return tuner.fit()

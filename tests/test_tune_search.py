@@ -1,0 +1,245 @@
+"""Real Ray Tune searches over the one training loop on a tiny phantom COVID set (32 px), with a
+real local Ray (127.0.0.1 only) and the local store: PBT exploit/explore, export of the best
+trial, retry of a failed trial, and an interrupted search resumed through the local backend."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+import torch
+
+from cxrjobs.jobs.spec import JobSpec
+from cxrjobs.storage import join_key
+
+pytestmark = pytest.mark.slow
+
+TRAIN = dict(objective="multiclass", batch_size=32, bootstrap=0)
+
+
+@pytest.fixture
+def ray_env(local_env, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return local_env
+
+
+def _job(name, data, **tune):
+    return JobSpec(kind="tune", name=name, tune={"job": "train", "train": {"data": str(data), **TRAIN}, **tune})
+
+
+def _descendants(pid: int) -> set[int]:
+    parents = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    parents[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {c for c, p in parents.items() if p in frontier} - found
+        found |= frontier
+    return found
+
+
+def _listening(pids: set[int]) -> set[str]:
+    """Addresses that these processes' TCP sockets listen on (from /proc: no psutil here)."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+        except OSError:
+            pass
+    addrs = set()
+    for table, width in (("tcp", 8), ("tcp6", 32)):
+        with open(f"/proc/net/{table}") as f:
+            for line in f.readlines()[1:]:
+                cols = line.split()
+                if cols[3] == "0A" and cols[9] in inodes:  # LISTEN
+                    raw = bytes.fromhex(cols[1].split(":")[0])
+                    # /proc prints each 32-bit word in host (little-endian) order
+                    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                    import ipaddress
+                    ip = ipaddress.ip_address(words)
+                    addrs.add(str(ip.ipv4_mapped or ip) if width == 32 else str(ip))
+    return addrs
+
+
+class ListenWatch:
+    """Polls the listening sockets of this process's descendants (the local Ray) while it runs."""
+
+    def __init__(self):
+        import threading
+        self.seen, self.stop = set(), threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self.stop.is_set():
+            self.seen |= _listening(_descendants(os.getpid()) | {os.getpid()})
+            self.stop.wait(0.5)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
+def _rows(store, run):
+    text = store.get_text(join_key("runs", run, "results.jsonl"))
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_pbt_exploit_copies_the_donors_checkpoint_and_applies_explored_values(phantom_covid_32, ray_env):
+    from cxrjobs.tune.job import run_tune
+
+    space = {"optimizer": ["sgd", "adam"], "lr": {"loguniform": [1e-4, 0.3]},
+             "momentum": {"uniform": [0.5, 0.95]}, "step_size": {"randint": [1, 3]},
+             "gamma": {"uniform": [0.2, 0.9]}}
+    job = _job("pbt", phantom_covid_32, trials=4, algo="pbt", epochs_per_trial=4, perturbation_interval=1,
+               quantile_fraction=0.5, cpus=4, seed=1, space=space)
+    ray_env.put_text(join_key("runs", "pbt", "spec.json"), job.model_dump_json())
+    with ListenWatch() as watch:
+        summary = run_tune(job, ray_env)
+    # Ray's GCS, raylet, workers and agents listened on loopback only.
+    assert len(watch.seen) >= 1 and watch.seen <= {"127.0.0.1"}, watch.seen
+
+    history = [json.loads(x) for x in ray_env.get_text("runs/pbt/pbt_history.jsonl").splitlines()]
+    rows = _rows(ray_env, "pbt")
+    assert history and summary["exploits"] == len(history)
+    for h in history:
+        assert h["trial"] != h["donor"] and h["donor_epoch"] < 4
+        # The donor reported these weights at that epoch ...
+        donor = [r for r in rows if r["trial"] == h["donor"] and r["epoch"] == h["donor_epoch"]]
+        assert donor and donor[-1]["weights"] == h["donor_weights"]
+        # ... and the clone's next epoch started from exactly that checkpoint,
+        after = [r for r in rows if r["trial"] == h["trial"] and r.get("restored_digest") == h["donor_weights"]
+                 and r["time"] >= h["time"]]
+        assert after, f"no epoch of {h['trial']} started from {h['donor']}'s checkpoint"
+        r, new = after[0], h["new_config"]
+        assert r["epoch"] == h["donor_epoch"] + 1 and r["restored_epoch"] == h["donor_epoch"]
+        assert r["config"] == {**r["config"], **new}
+        # with the explored values in the optimizer and scheduler it really trained with.
+        assert (r["optimizer"], r["step_size"]) == (new["optimizer"], new["step_size"])
+        assert r["gamma"] == pytest.approx(new["gamma"])
+        assert r["lr"] == pytest.approx(new["lr"] * new["gamma"] ** (h["donor_epoch"] // new["step_size"]))
+        if new["optimizer"] == "sgd":
+            assert r["momentum"] == pytest.approx(new["momentum"])
+    # Explored values stay inside the space (0.95 * 1.2 is no momentum).
+    assert all(0.5 <= h["new_config"]["momentum"] <= 0.95 and 1e-4 <= h["new_config"]["lr"] <= 0.3
+               for h in history)
+
+    # The trial table, the plots, the status and the best trial exported as a normal run.
+    table = json.loads(ray_env.get_text("runs/pbt/trials.json"))
+    assert len(table) == 4 and all(t["status"] == "TERMINATED" and t["epochs"] == 4 for t in table)
+    assert sum(t["exploits"] for t in table) == len(history)
+    assert ray_env.get_text("runs/pbt/trials.csv").count("\n") == 5
+    for png in ("metric_vs_time.png", "lineage.png"):
+        assert ray_env.get_bytes(f"runs/pbt/plots/{png}")[:4] == b"\x89PNG"
+    status = json.loads(ray_env.get_text("runs/pbt/tune_status.json"))
+    assert status["finished"] and status["trials"]["terminated"] == 4
+    best = summary["best"]
+    assert best["value"] == min(t["lineage_best"] for t in table)
+    _evaluate_exported(ray_env, best)
+
+
+def _evaluate_exported(store, best):
+    """The exported run is a normal train run: its spec, best.pt and metrics work as for any run."""
+    from cxrjobs.jobs.entrypoint import load_job
+    from cxrjobs.train import checkpoint
+    from cxrjobs.train.distributed import DistContext
+    from cxrjobs.train.loop import Run, Trainer
+
+    run = best["run"]
+    job = load_job(store, run)
+    assert job.kind == "train" and job.train.data.endswith("ds32")
+    metrics = [json.loads(x) for x in store.get_text(f"runs/{run}/metrics.jsonl").splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]
+    assert min(m["val"]["loss"] for m in metrics) == pytest.approx(best["value"])
+    ckpt = checkpoint.load(store, f"runs/{run}/checkpoints/best.pt")
+    assert json.loads(ckpt["spec"])["data"] == job.train.data
+    t = Trainer(job.train, Run(store, run), DistContext(0, 1, torch.device("cpu"), None), log=lambda m: None)
+    t.model.load_state_dict(ckpt["model"])
+    val = t.evaluate("val")
+    assert val["images"] > 0 and val["loss"] == pytest.approx(best["value"], rel=1e-4)
+
+
+def test_a_failing_trial_is_retried_from_its_checkpoint(phantom_covid_32, ray_env, tmp_path):
+    from cxrjobs.tune.job import run_tune
+
+    marks = str(tmp_path / "marks")
+    os.makedirs(marks)
+
+    def fail_once_after_epoch_2(trainer, record):
+        import os as _os
+        from ray import tune
+        mark = _os.path.join(marks, tune.get_context().get_trial_id())
+        if record["epoch"] == 2 and not _os.path.exists(mark):
+            open(mark, "w").close()
+            raise RuntimeError("injected failure after epoch 2")
+
+    job = _job("retry", phantom_covid_32, trials=2, algo="random", epochs_per_trial=3, cpus=2,
+               max_failures=1)
+    ray_env.put_text(join_key("runs", "retry", "spec.json"), job.model_dump_json())
+    summary = run_tune(job, ray_env, hook=fail_once_after_epoch_2)
+    assert summary["errored"] == 0 and len(os.listdir(marks)) == 2
+    rows = _rows(ray_env, "retry")
+    for trial in {r["trial"] for r in rows}:
+        mine = [r for r in rows if r["trial"] == trial]
+        # Epochs 1 and 2 ran once; the retry resumed epoch 2's checkpoint instead of starting over.
+        assert [r["epoch"] for r in mine] == [1, 2, 3]
+        assert mine[2]["restored_epoch"] == 2 and mine[2]["restored_digest"] == mine[1]["weights"]
+
+
+def test_interrupted_search_resumes_without_rerunning_finished_trials(phantom_covid_32, ray_env):
+    from cxrjobs import api
+    from cxrjobs.backends import get_backend
+
+    job = _job("resume", phantom_covid_32, trials=3, algo="random", epochs_per_trial=3, cpus=1,
+               max_concurrent=1)
+    be = get_backend("local")
+    api.submit(job, "local")
+    status_key = "runs/resume/tune_status.json"
+    deadline = time.monotonic() + 400
+    while True:  # until one trial has finished and the next one is running
+        assert time.monotonic() < deadline, "the search did not finish a trial in time"
+        assert not be.status("resume").done, be.status("resume")
+        if ray_env.exists(status_key):
+            st = json.loads(ray_env.get_text(status_key))
+            if st["trials"].get("terminated", 0) >= 1 and st["epochs_reported"] >= 4:
+                break
+        time.sleep(0.5)
+    pid = be.status("resume").extra["pids"][0]
+    ray_procs = _descendants(pid)
+    assert be.cancel("resume").state == "Cancelled"
+    deadline = time.monotonic() + 30
+    while ray_procs & _descendants(1) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not ray_procs & _descendants(1), "Ray processes left after cancel"
+    before = _rows(ray_env, "resume")
+    finished = {r["trial"] for r in before if r["epoch"] == 3}
+    assert finished and len(finished) < 3
+
+    api.submit(job, "local")  # the same spec under the same name resumes
+    final = be.wait("resume", timeout=600)
+    log = "".join(be.logs("resume"))
+    assert final.state == "Succeeded", log[-3000:]
+    assert "resuming the search" in log
+    rows = _rows(ray_env, "resume")
+    assert rows[:len(before)] == before
+    for trial in {r["trial"] for r in rows}:
+        epochs = [r["epoch"] for r in rows if r["trial"] == trial]
+        assert epochs == [1, 2, 3], (trial, epochs)  # nothing trained twice, nothing skipped
+    for trial in finished:  # finished trials were not run again
+        assert [r for r in rows if r["trial"] == trial] == [r for r in before if r["trial"] == trial]
+    summary = json.loads(ray_env.get_text("runs/resume/artifacts/result.json"))
+    assert summary["trials"] == 3 and summary["best"]["run"] == "resume-best"

@@ -1,0 +1,71 @@
+"""The tune job kind's spec, search space and local plan (no Ray started here)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cxrjobs.errors import ConfigError
+from cxrjobs.jobs.registry import get_kind
+from cxrjobs.jobs.resolve import resolve_job
+from cxrjobs.specs.tune import TuneSpec, default_space
+
+
+def _tune(**kw):
+    return TuneSpec.model_validate({"train": {"data": "datasets/covid-32"}, **kw})
+
+
+def test_defaults_resolve_to_the_papers_space_and_the_metrics_direction():
+    t = _tune(epochs_per_trial=3, metric="val_auroc")
+    assert t.space == default_space(3) and set(t.space) == {"optimizer", "lr", "step_size", "gamma", "momentum"}
+    assert t.mode == "max" and t.train.epochs == 3
+    spec = t.trial_train_spec({"optimizer": "adam", "lr": 0.003, "step_size": 2, "gamma": 0.5, "momentum": 0.8})
+    assert (spec.optimizer, spec.lr, spec.scheduler, spec.step_size, spec.monitor) == ("adam", 0.003, "step", 2, "val_auroc")
+    assert get_kind("tune").workload == "ray-job" and not get_kind("tune").rendezvous
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"batch_size": [8, 16]}, "space.batch_size: not a tunable"),
+    ({"momentum": {"uniform": [0.5, 1.2]}}, "space.momentum: value 1.2 is not a valid momentum"),
+    ({"lr": {"loguniform": [0, 0.1]}}, "loguniform needs lo > 0"),
+    ({"lr": {"normal": [0, 1]}}, "expected one of"),
+    ({"step_size": {"randint": [1.5, 3]}}, "randint bounds must be integers"),
+    ({"optimizer": ["sgd", "rmsprop"]}, "value 'rmsprop' is not a valid optimizer"),
+    ({"gamma": {"uniform": [0.9, 0.1]}}, "lo < hi"),
+])
+def test_a_bad_space_is_a_clear_error_naming_the_entry(space, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")) as e:
+        resolve_job("tune", None, {"tune": {"train": {"data": "d"}, "space": space}})
+    assert "tune" in str(e.value)
+
+
+def test_space_file_overrides_the_defaults_key_by_key(tmp_path):
+    from cxrjobs.tune.space import clamp, load_space_file, mutations, param_space
+
+    f = tmp_path / "space.yaml"
+    f.write_text("lr: {loguniform: [1.0e-3, 1.0e-2]}\nmomentum: 0.9\n")
+    space = load_space_file(f, default_space(5))
+    assert space["lr"] == {"loguniform": [1e-3, 1e-2]} and space["momentum"] == 0.9
+    assert space["optimizer"] == ["sgd", "adam"]
+    ps, mu = param_space(space), mutations(space)
+    assert ps["momentum"] == 0.9 and "momentum" not in mu and mu["optimizer"] == ["sgd", "adam"]
+    assert 1e-3 <= ps["lr"].sample() <= 1e-2 and ps["step_size"].sample() in range(1, 6)
+    assert clamp(space, {"lr": 0.5, "step_size": 7.4, "gamma": 0.01}) == {"lr": 1e-2, "step_size": 5, "gamma": 0.1}
+    (tmp_path / "bad.yaml").write_text("- lr\n")
+    with pytest.raises(ConfigError, match="bad.yaml: expected a mapping"):
+        load_space_file(tmp_path / "bad.yaml", default_space(5))
+
+
+def test_threads_per_trial_are_cores_over_concurrent_trials():
+    from cxrjobs.tune.runner import plan
+
+    assert plan(_tune(trials=50), cpus=10).__dict__ == {"cpus": 10, "concurrent": 10, "threads": 1}
+    assert plan(_tune(trials=4, max_concurrent=2), cpus=16).__dict__ == {"cpus": 16, "concurrent": 2, "threads": 8}
+    assert plan(_tune(trials=3), cpus=16).__dict__ == {"cpus": 16, "concurrent": 3, "threads": 5}
+
+
+def test_local_backend_runs_one_driver_for_a_ray_job(local_env):
+    from cxrjobs.backends import get_backend
+
+    job = resolve_job("tune", None, {"replicas": 3, "tune": {"train": {"data": "d"}}})
+    plan = get_backend("local").submit_dryrun(job)
+    assert len(plan.objects) == 1 and plan.objects[0]["command"][-1] == "cxrjobs.jobs.entrypoint"

@@ -64,6 +64,9 @@ def run_status(run: str, backend: str = "local", kube=None) -> dict:
         last = metrics[-1]
         st["epoch"] = last["epoch"]
         st["last_metrics"] = {"train_loss": last["train"]["loss"], "val": last["val"]}
+    tune_key = join_key("runs", run, "tune_status.json")  # a search: trial counts, best so far
+    if store.exists(tune_key):
+        st["tune"] = json.loads(store.get_text(tune_key))
     result_key = join_key("runs", run, "artifacts", "result.json")
     if store.exists(result_key):
         st["result"] = json.loads(store.get_text(result_key))

@@ -243,3 +243,28 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(phantom_co
         assert [r for r in rows if r["trial"] == trial] == [r for r in before if r["trial"] == trial]
     summary = json.loads(ray_env.get_text("runs/resume/artifacts/result.json"))
     assert summary["trials"] == 3 and summary["best"]["run"] == "resume-best"
+
+
+def test_the_experiment_lives_in_the_s3_store(phantom_covid_32, s3_env, monkeypatch, tmp_path):
+    """storage_path is the S3 store (pyarrow S3 filesystem on the store's endpoint): trials
+    checkpoint there, the export reads from there, and a restart finds the experiment there."""
+    from ray import tune
+
+    from cxrjobs.config import load_settings
+    from cxrjobs.tune.job import run_tune
+    from cxrjobs.tune.runner import storage_for
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("CXRJOBS_STATE_DIR", str(tmp_path / "state"))
+    job = _job("s3t", phantom_covid_32, trials=2, algo="random", epochs_per_trial=2, cpus=2)
+    s3_env.put_text("runs/s3t/spec.json", job.model_dump_json())
+    summary = run_tune(job, s3_env)
+    keys = [o.key for o in s3_env.list("runs/s3t/ray/")]
+    assert any(k.endswith("tuner.pkl") for k in keys) and any("/checkpoint_" in k for k in keys)
+    assert any(os.path.basename(k).startswith("experiment_state") for k in keys)
+    path, fs = storage_for(load_settings(), "s3t")
+    assert path.startswith(s3_env.bucket + "/") and tune.Tuner.can_restore(f"{path}/ray", storage_filesystem=fs)
+    best = summary["best"]["run"]
+    assert s3_env.exists(f"runs/{best}/checkpoints/best.pt") and s3_env.exists(f"runs/{best}/spec.json")
+    assert len(_rows(s3_env, "s3t")) == 4

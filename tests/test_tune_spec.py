@@ -69,3 +69,27 @@ def test_local_backend_runs_one_driver_for_a_ray_job(local_env):
     job = resolve_job("tune", None, {"replicas": 3, "tune": {"train": {"data": "d"}}})
     plan = get_backend("local").submit_dryrun(job)
     assert len(plan.objects) == 1 and plan.objects[0]["command"][-1] == "cxrjobs.jobs.entrypoint"
+
+
+def test_cli_submit_tune_dry_run_reads_space_file_and_training_flags(local_env, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from cxrjobs.cli import app
+
+    (tmp_path / "space.yaml").write_text("lr: {loguniform: [1.0e-3, 1.0e-2]}\ngamma: 0.5\n")
+    res = CliRunner().invoke(app, ["submit", "tune", "--job", "train", "--data", "datasets/covid-32",
+                                   "--batch-size", "16", "--trials", "6", "--algo", "asha",
+                                   "--epochs-per-trial", "3", "--space", str(tmp_path / "space.yaml"),
+                                   "--name", "t1", "--dry-run"])
+    assert res.exit_code == 0, res.output
+    plan = json.loads(res.output)
+    assert plan["run"] == "t1" and len(plan["objects"]) == 1
+    job = resolve_job("tune", None, {"name": "t1", "tune": {
+        "job": "train", "train": {"data": "datasets/covid-32", "batch_size": 16}, "trials": 6, "algo": "asha",
+        "epochs_per_trial": 3, "space": {**default_space(3), "lr": {"loguniform": [1e-3, 1e-2]}, "gamma": 0.5}}})
+    assert job.tune.train.batch_size == 16 and job.tune.space["gamma"] == 0.5
+
+    bad = CliRunner().invoke(app, ["submit", "tune", "--data", "d", "--metric", "val_f1", "--dry-run"])
+    assert bad.exit_code != 0 and "tune.metric" in str(bad.exception)

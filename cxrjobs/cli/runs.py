@@ -66,6 +66,15 @@ def register(app: typer.Typer) -> None:
         if "epoch" in st:
             line += f", epoch {st['epoch']}, val_loss {st['last_metrics']['val']['loss']:.4f}, " \
                     f"{headline(st['last_metrics']['val'])}"
+        if "tune" in st:
+            tn = st["tune"]
+            counts = ", ".join(f"{v} {k}" for k, v in tn["trials"].items() if k != "total")
+            best = tn.get("best")
+            line += f"; trials: {tn['trials']['total']} ({counts or 'none started'})"
+            if best:
+                line += f"; best so far {tn['metric']} {best['value']:.4f} (val split, trial {best['trial']}, epoch {best['epoch']})"
+        if st.get("result", {}).get("best", {}) and "tune" in st:
+            line += f"; best run exported as {st['result']['best']['run']}"
         if st.get("result", {}).get("test"):
             line += f"; test {headline(st['result']['test'])}"
         if st["message"]:

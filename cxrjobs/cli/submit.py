@@ -18,8 +18,9 @@ from cxrjobs.cli.kube import current as kube_options, kubernetes_options
 from cxrjobs.jobs import presets
 from cxrjobs.jobs.resolve import preprocess_defaults, resolve_job
 from cxrjobs.specs.preprocess import normalize_source
+from cxrjobs.specs.tune import TuneSpec
 
-app = typer.Typer(no_args_is_help=True, help="Submit a job: nih-train, train, transfer, preprocess.")
+app = typer.Typer(no_args_is_help=True, help="Submit a job: nih-train, train, transfer, preprocess, evaluate, tune.")
 
 BACKEND = typer.Option("local", help="where replicas run: local (processes on this machine) | kubernetes")
 WAIT = typer.Option(False, "--wait", help="stream replica 0's log and wait for the end")
@@ -222,4 +223,45 @@ def evaluate(run: str = typer.Argument(..., help="the trained run to score"),
         name=name, replicas=replicas,
         evaluate=dict(run=run, data=data, split=split, name=as_name, batch_size=batch_size,
                       bootstrap=bootstrap)))
+    _finish(job, backend, wait, as_json, dry_run)
+
+
+@app.command("tune")
+@kubernetes_options
+@training_flags
+def tune(job: dict,
+         job_kind: Optional[str] = typer.Option(None, "--job", help="the training job each trial runs: train | transfer | nih-train"),
+         trials: Optional[int] = typer.Option(None, help="trials; for PBT the population (default 8)"),
+         algo: Optional[str] = typer.Option(None, help="pbt | asha | random (default pbt)"),
+         epochs_per_trial: Optional[int] = typer.Option(None, help="epochs of each trial (default 5)"),
+         perturbation_interval: Optional[int] = typer.Option(None, help="PBT: epochs between exploit/explore (default 1)"),
+         max_concurrent: Optional[int] = typer.Option(None, help="trials at once (default: CPUs, at most --trials)"),
+         cpus: Optional[int] = typer.Option(None, help="CPUs the local Ray may use (default: all)"),
+         metric: Optional[str] = typer.Option(None, help="val_loss | val_auroc | val_accuracy | ... (default val_loss)"),
+         mode: Optional[str] = typer.Option(None, help="min | max (default: the metric's direction)"),
+         space: Optional[Path] = typer.Option(None, help="YAML search space; its entries replace the default's"),
+         max_failures: Optional[int] = typer.Option(None, help="retries of a failed trial from its checkpoint (default 2)"),
+         tune_seed: Optional[int] = typer.Option(None, "--tune-seed", help="seed of the search (sampling, PBT explore)"),
+         spec_file: Optional[Path] = SPEC, backend: str = BACKEND, wait: bool = WAIT,
+         as_json: bool = JSON, dry_run: bool = DRY):
+    """Hyper-parameter search over a training job with Ray Tune (PBT by default): the paper's
+    space (optimizer, lr, StepLR step size and gamma, momentum) unless --space says otherwise.
+    The best trial is exported as the run <name>-best; `cxrjobs status NAME` shows the trials.
+
+    Example: cxrjobs submit tune --job train --data datasets/covid-224 --model resnext50 --trials 50 --algo pbt --epochs-per-trial 5 --perturbation-interval 1 --wait
+    """
+    tune_doc = dict(job=job_kind, trials=trials, algo=algo, epochs_per_trial=epochs_per_trial,
+                    perturbation_interval=perturbation_interval, max_concurrent=max_concurrent,
+                    cpus=cpus, metric=metric, mode=mode, max_failures=max_failures, seed=tune_seed,
+                    train=job.pop("train"))
+    if space is not None:
+        from cxrjobs.specs.tune import default_space
+        from cxrjobs.tune.space import load_space_file
+        base = default_space(epochs_per_trial or TuneSpec.model_fields["epochs_per_trial"].default)
+        tune_doc["space"] = load_space_file(space, base)
+    # The inner kind's preset under the flags (transfer's depend on a method: none here).
+    inner = job_kind or "train"
+    preset = presets.defaults(inner)["train"] if inner != "transfer" else {}
+    # --replicas: Ray worker pods on Kubernetes (locally one driver process starts its own Ray).
+    job = resolve_job("tune", spec_file, {**job, "tune": tune_doc}, {"tune": {"train": preset}})
     _finish(job, backend, wait, as_json, dry_run)

@@ -221,7 +221,7 @@ def run_search(spec: TuneSpec, tune_id: str, settings: Settings, *, cpus: int,
     p = plan(spec, cpus)
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, tune_json=spec.model_dump_json(), threads=p.threads, hook=hook),
-        {"cpu": p.threads})
+        {"cpu": p.cpus / p.concurrent})  # exactly `concurrent` trials fit
     path, fs = storage_for(settings, tune_id)
     experiment = f"{path}/{EXPERIMENT}"
     if tune.Tuner.can_restore(experiment, storage_filesystem=fs):
@@ -241,7 +241,11 @@ def run_search(spec: TuneSpec, tune_id: str, settings: Settings, *, cpus: int,
             tune_config=tune.TuneConfig(
                 metric=spec.metric, mode=spec.mode, num_samples=spec.trials,
                 scheduler=make_scheduler(spec, history),
-                search_alg=BasicVariantGenerator(random_state=spec.seed, max_concurrent=p.concurrent),
+                # PBT's population is every trial at once: Ray's CPUs (threads per trial) bound
+                # how many run, and PBT pauses one at each perturbation so a waiting one can run.
+                # The other algorithms start trials only as slots free up.
+                search_alg=BasicVariantGenerator(random_state=spec.seed,
+                                                 max_concurrent=0 if spec.algo == "pbt" else p.concurrent),
                 # A paused trial (PBT: population > concurrent trials) resumes in a warm process.
                 reuse_actors=True),
             run_config=tune.RunConfig(

@@ -106,7 +106,9 @@ def test_pbt_exploit_copies_the_donors_checkpoint_and_applies_explored_values(ph
              "momentum": {"uniform": [0.5, 0.95]}, "step_size": {"randint": [1, 3]},
              "gamma": {"uniform": [0.2, 0.9]}}
     job = _job("pbt", phantom_covid_32, trials=4, algo="pbt", epochs_per_trial=4, perturbation_interval=1,
-               quantile_fraction=0.5, cpus=4, seed=1, space=space)
+               quantile_fraction=0.5, cpus=4, seed=1, space=space,
+               # Synchronous PBT: exploits happen however slowly the trials start on a busy machine.
+               synch=True)
     ray_env.put_text(join_key("runs", "pbt", "spec.json"), job.model_dump_json())
     with ListenWatch() as watch:
         summary = run_tune(job, ray_env)
@@ -171,6 +173,12 @@ def _evaluate_exported(store, best):
     t.model.load_state_dict(ckpt["model"])
     val = t.evaluate("val")
     assert val["images"] > 0 and val["loss"] == pytest.approx(best["value"], rel=1e-4)
+    # ... and the evaluate job scores it like any training run.
+    from cxrjobs.eval.job import evaluate
+    from cxrjobs.specs.eval import EvalSpec
+    res = evaluate(EvalSpec(run=run, data=job.train.data, split="test", bootstrap=20, examples=4), store,
+                   log=lambda m: None)
+    assert res["n_images"] > 0 and store.exists(f"runs/{run}/eval/test/results.json")
 
 
 def test_a_failing_trial_is_retried_from_its_checkpoint(phantom_covid_32, ray_env, tmp_path):

@@ -93,3 +93,30 @@ def test_cli_submit_tune_dry_run_reads_space_file_and_training_flags(local_env, 
 
     bad = CliRunner().invoke(app, ["submit", "tune", "--data", "d", "--metric", "val_f1", "--dry-run"])
     assert bad.exit_code != 0 and "tune.metric" in str(bad.exception)
+
+
+def test_tune_renders_as_a_valid_restricted_rayjob_without_secrets(local_env, monkeypatch):
+    """The real tune kind through the Kubernetes backend's dry-run: a RayJob whose entrypoint is
+    the shared entrypoint (the driver reads spec.json), valid in strict mode (pod templates as
+    core PodTemplates, RayJob fields against KubeRay v1.3's API: the k8s tests' validator)."""
+    from typer.testing import CliRunner
+
+    import yaml
+
+    from cxrjobs.backends.kubernetes import pss
+    from cxrjobs.cli import app
+    from test_k8s_render import validate
+
+    monkeypatch.setenv("CXRJOBS_S3_SECRET_KEY", "super-secret-value")
+    monkeypatch.setenv("CXRJOBS_S3_ACCESS_KEY", "AKIAXYZ")
+    for extra in ([], ["--namespace", "ml", "--cpu", "3", "--memory", "8Gi", "--image-repository", "reg.example.com/cxr/"]):
+        res = CliRunner().invoke(app, ["submit", "tune", "--data", "datasets/covid-64", "--trials", "50",
+                                       "--replicas", "10", "--name", "covid-pbt", "--backend", "kubernetes",
+                                       "--dry-run", *extra])
+        assert res.exit_code == 0, (res.output, res.exception)
+        assert "super-secret-value" not in res.output and "AKIAXYZ" not in res.output
+        [rj] = [o for o in yaml.safe_load_all(res.output) if o]
+        validate(rj)
+        assert rj["kind"] == "RayJob" and pss.violations(rj) == []
+        assert rj["spec"]["entrypoint"] == "python -m cxrjobs.jobs.entrypoint"
+        assert rj["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] == 10

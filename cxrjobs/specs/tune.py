@@ -81,6 +81,8 @@ class TuneSpec(BaseModel):
     perturbation_interval: int = Field(1, ge=1, description="PBT: epochs between exploit/explore steps")
     quantile_fraction: float = Field(0.25, gt=0, le=0.5, description="PBT: bottom fraction that clones the top")
     resample_probability: float = Field(0.25, ge=0, le=1, description="PBT: chance to resample instead of perturb")
+    synch: bool = Field(False, description="PBT: every trial waits at each perturbation point, then all "
+                                           "exploit/explore together (default: each trial on its own)")
     max_concurrent: int | None = Field(None, ge=1, description="trials at once (default: cpus, at most trials)")
     cpus: int | None = Field(None, ge=1, description="CPUs Ray may use (default: the machine's / the cluster's)")
     metric: str = Field("val_loss", description=f"what the search optimises: {sorted(MONITORS)}")

@@ -192,7 +192,7 @@ def make_scheduler(spec: TuneSpec, history: HistoryLog):
         return RecordingPBT(
             history, spec.epochs_per_trial, time_attr="epoch", perturbation_interval=spec.perturbation_interval,
             hyperparam_mutations=spaces.mutations(space), quantile_fraction=spec.quantile_fraction,
-            resample_probability=spec.resample_probability,
+            resample_probability=spec.resample_probability, synch=spec.synch,
             custom_explore_fn=lambda config: spaces.clamp(space, config))
     if spec.algo == "asha":
         return ASHAScheduler(time_attr="epoch", max_t=spec.epochs_per_trial, grace_period=1,

@@ -1,6 +1,6 @@
 """`make bench`: every benchmark, printed as a table and written to benchmarks/results/*.json.
 
-Usage: python benchmarks/run.py [--quick] [--only data|train|cli|predict|covid|images]
+Usage: python benchmarks/run.py [--quick] [--only data|train|cli|predict|covid|images|tune]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ sys.path.insert(0, str(HERE))
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller inputs (a smoke run)")
-    ap.add_argument("--only", choices=["data", "train", "cli", "predict", "covid", "images"])
+    ap.add_argument("--only", choices=["data", "train", "cli", "predict", "covid", "images", "tune"])
     ap.add_argument("--workdir", type=Path, default=HERE / "results" / "work")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -47,6 +47,9 @@ def main() -> int:
     if args.only in (None, "images"):
         import bench_images
         rows += bench_images.run(quick=args.quick, workdir=args.workdir)
+    if args.only in (None, "tune"):
+        import bench_tune
+        rows += bench_tune.run(quick=args.quick, workdir=args.workdir)
 
     table = Table("group", "benchmark", "value", "goal", "ok", title="cxrjobs benchmarks")
     for r in rows:

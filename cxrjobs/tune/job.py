@@ -20,6 +20,7 @@ from cxrjobs.storage import ObjectStore
 # Ray's unix socket paths (<temp>/session_<date>_<pid>/sockets/plasma_store) must stay under
 # 107 bytes: a longer state directory gets a short temp dir, linked from the state directory.
 MAX_TEMP_DIR = 36
+START_ATTEMPTS = 3
 
 
 def log(msg: str) -> None:
@@ -70,8 +71,16 @@ def run_tune(job: JobSpec, store: ObjectStore, hook=None) -> dict:
     if local:
         cpus = spec.cpus or len(os.sched_getaffinity(0))
         temp, cleanup = ray_temp_dir(settings.local_state / job.name)
-        ray.init(num_cpus=cpus, include_dashboard=False, _temp_dir=str(temp),
-                 _node_ip_address="127.0.0.1", log_to_driver=False, logging_level="WARNING")
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                ray.init(num_cpus=cpus, include_dashboard=False, _temp_dir=str(temp),
+                         _node_ip_address="127.0.0.1", log_to_driver=False, logging_level="WARNING")
+                break
+            except Exception as e:  # Ray gives its raylet 30 s to register: a busy machine can miss it
+                ray.shutdown()
+                if "timed out during startup" not in str(e) or attempt == START_ATTEMPTS:
+                    raise
+                log(f"Ray did not start ({e}); starting it again ({attempt}/{START_ATTEMPTS - 1})")
     else:
         ray.init(log_to_driver=False, logging_level="WARNING")
         cpus = int(ray.cluster_resources().get("CPU", 1))

@@ -120,3 +120,22 @@ def test_tune_renders_as_a_valid_restricted_rayjob_without_secrets(local_env, mo
         assert rj["kind"] == "RayJob" and pss.violations(rj) == []
         assert rj["spec"]["entrypoint"] == "python -m cxrjobs.jobs.entrypoint"
         assert rj["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] == 10
+
+
+def test_a_failed_ray_start_leaves_no_process_behind(tmp_path):
+    """stop_leftovers ends this process's children started under the Ray temp dir, only those."""
+    import subprocess
+    import sys
+
+    from cxrjobs.tune.job import stop_leftovers
+
+    temp = tmp_path / "cxr-ray-x"
+    ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", f"--temp-dir={temp}/session"])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "--temp-dir=/elsewhere"])
+    try:
+        stop_leftovers(temp)
+        assert ours.wait(timeout=10) is not None
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()

@@ -49,6 +49,36 @@ def ray_temp_dir(state_dir: Path) -> tuple[Path, Path | None]:
     return short, short
 
 
+def stop_leftovers(temp: Path, grace: float = 5.0) -> None:
+    """End the Ray processes this process started under `temp` that a failed ray.init left
+    running (ray.shutdown cannot reach a node that never finished starting)."""
+    me, mine = str(os.getpid()), []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = f.read().rsplit(")", 1)[1].split()[1]
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        if ppid == me and str(temp) in cmd:
+            mine.append(int(pid))
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in mine:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in mine):
+            for p in mine:
+                try:
+                    os.waitpid(p, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+            time.sleep(0.1)
+
+
 def run_tune(job: JobSpec, store: ObjectStore, hook=None) -> dict:
     spec = job.tune
     settings = load_settings()
@@ -78,6 +108,7 @@ def run_tune(job: JobSpec, store: ObjectStore, hook=None) -> dict:
                 break
             except Exception as e:  # Ray gives its raylet 30 s to register: a busy machine can miss it
                 ray.shutdown()
+                stop_leftovers(temp)
                 if "timed out during startup" not in str(e) or attempt == START_ATTEMPTS:
                     raise
                 log(f"Ray did not start ({e}); starting it again ({attempt}/{START_ATTEMPTS - 1})")

@@ -133,7 +133,7 @@ class LocalBackend(Backend):
             os.close(fd)  # releases the lock
 
     @staticmethod
-    def processes(job: JobSpec) -> int:
+    def process_count(job: JobSpec) -> int:
         # A RayJob kind runs one driver process here; Ray (started by it) runs the workers.
         return 1 if get_kind(job.kind).workload == "ray-job" else job.replicas
 
@@ -146,7 +146,7 @@ class LocalBackend(Backend):
                     "env": {**replica_env(job, i, "127.0.0.1", PORT_PLACEHOLDER, self.settings), **gloo},
                     "secret_env": [k for k in SECRET_ENV if os.environ.get(k)],
                     "log": str(self._dir(job.name) / "logs" / f"replica-{i}.log")}
-                   for i in range(self.processes(job))]
+                   for i in range(self.process_count(job))]
         return SubmitPlan(job.name, self.name, job, objects)
 
     def schedule(self, plan: SubmitPlan) -> JobStatus:

@@ -16,6 +16,13 @@ MONITORS = {"val_loss": "min", "val_auroc": "max", "val_mean_auroc": "max", "val
             "val_balanced_accuracy": "max"}
 
 
+def known_monitor(name: str, what: str = "monitor") -> str:
+    """A validation metric name of MONITORS (a monitor picks best.pt; a search optimises it)."""
+    if name not in MONITORS:
+        raise ValueError(f"unknown {what} {name!r}; choose one of {sorted(MONITORS)}")
+    return name
+
+
 class Augment(BaseModel):
     """The paper's augmentation, applied on the train split only."""
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -70,9 +77,7 @@ class TrainSpec(BaseModel):
     @field_validator("monitor")
     @classmethod
     def _known_monitor(cls, v: str) -> str:
-        if v not in MONITORS:
-            raise ValueError(f"unknown monitor {v!r}; choose one of {sorted(MONITORS)}")
-        return v
+        return known_monitor(v)
 
     @field_validator("freeze", mode="before")
     @classmethod

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cxrjobs.specs.train import MONITORS, TrainSpec
+from cxrjobs.specs.train import MONITORS, TrainSpec, known_monitor
 
 # The hyper-parameters the Trainer re-applies after a restore (so PBT can change them mid-run).
 TUNABLE = ("optimizer", "lr", "momentum", "weight_decay", "step_size", "gamma")
@@ -94,9 +94,7 @@ class TuneSpec(BaseModel):
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, v: str) -> str:
-        if v not in MONITORS:
-            raise ValueError(f"unknown metric {v!r}; choose one of {sorted(MONITORS)}")
-        return v
+        return known_monitor(v, "metric")
 
     @model_validator(mode="after")
     def _resolve(self):

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 def headline(m: dict) -> str:
     """'mean_auroc 0.712 [0.650, 0.770] (val: 169 images, 27 patients)'"""
-    name = "mean_auroc" if "mean_auroc" in m else "accuracy"
+    # Multilabel: mean AUROC; binary: AUROC (accuracy hides a constant classifier); else accuracy.
+    name = next(n for n in ("mean_auroc", "auroc", "accuracy") if isinstance(m.get(n), dict))
     v = m[name]
     val = "n/a" if v["value"] is None else f"{v['value']:.3f}"
     ci = f" [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]" if v["ci"] else ""

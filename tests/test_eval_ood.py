@@ -92,11 +92,14 @@ def real_xray_dataset(shared, out) -> str:
     c = pd.read_csv(shared / "covid-xray" / "metadata.csv", dtype=str, keep_default_na=False)
     n = pd.read_csv(shared / "nih-sample" / "Data_Entry_2017_sample.csv", dtype=str, keep_default_na=False)
     rows = pd.concat([
-        pd.DataFrame({"filename": [str(shared / "covid-xray" / f) for f in c["filename"]],
+        pd.DataFrame({"filename": [f"covid-xray/{f}" for f in c["filename"]],
                       "patientid": "covid-" + c["patientid"], "covid": c["covid"], "view": c["view"]}),
-        pd.DataFrame({"filename": [str(shared / "nih-sample" / "images" / f) for f in n["Image Index"]],
+        pd.DataFrame({"filename": [f"nih/{f}" for f in n["Image Index"]],
                       "patientid": "nih-" + n["Patient ID"], "covid": "0", "view": n["View Position"]})])
+    # Filenames must stay inside the dataset folder: link the two real folders into it.
     os.makedirs(out, exist_ok=True)
+    os.symlink(shared / "covid-xray", os.path.join(out, "covid-xray"))
+    os.symlink(shared / "nih-sample" / "images", os.path.join(out, "nih"))
     rows.to_csv(os.path.join(out, "metadata.csv"), index=False)
     return str(out)
 

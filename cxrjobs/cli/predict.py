@@ -31,7 +31,10 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print_json(res)
         else:
-            t = Table("file", "label", "probability", "ood", "ood score", "note")
+            t = Table()
+            t.add_column("file", overflow="fold")  # the one thing a user must read whole: never cut
+            for name in ("label", "probability", "ood", "ood score", "note"):
+                t.add_column(name)
             for r in res["results"]:
                 if "error" in r:
                     t.add_row(r["file"], "-", "-", "-", "-", f"error: {r['error']}")

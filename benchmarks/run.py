@@ -6,6 +6,7 @@ Usage: python benchmarks/run.py [--quick] [--only data|train|cli|predict|covid|i
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import platform
 import sys
@@ -17,39 +18,24 @@ from rich.console import Console
 from rich.table import Table
 
 HERE = Path(__file__).resolve().parent
+# --only GROUP -> the benchmark module whose run(quick, workdir) returns its rows, in run order.
+GROUPS = {"data": "bench_data", "train": "bench_train", "cli": "bench_cli", "predict": "bench_predict",
+          "covid": "covid_real", "images": "bench_images", "tune": "bench_tune"}
 sys.path.insert(0, str(HERE))
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller inputs (a smoke run)")
-    ap.add_argument("--only", choices=["data", "train", "cli", "predict", "covid", "images", "tune"])
+    ap.add_argument("--only", choices=list(GROUPS))
     ap.add_argument("--workdir", type=Path, default=HERE / "results" / "work")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     rows = []
     started = time.time()
-    if args.only in (None, "data"):
-        import bench_data
-        rows += bench_data.run(quick=args.quick, workdir=args.workdir)
-    if args.only in (None, "train"):
-        import bench_train
-        rows += bench_train.run(quick=args.quick, workdir=args.workdir)
-    if args.only in (None, "cli"):
-        import bench_cli
-        rows += bench_cli.run(quick=args.quick, workdir=args.workdir)
-    if args.only in (None, "predict"):
-        import bench_predict
-        rows += bench_predict.run(quick=args.quick, workdir=args.workdir)
-    if args.only in (None, "covid"):
-        import covid_real
-        rows += covid_real.run(quick=args.quick, workdir=args.workdir)
-    if args.only in (None, "images"):
-        import bench_images
-        rows += bench_images.run(quick=args.quick, workdir=args.workdir)
-    if args.only in (None, "tune"):
-        import bench_tune
-        rows += bench_tune.run(quick=args.quick, workdir=args.workdir)
+    for group, module in GROUPS.items():
+        if args.only in (None, group):
+            rows += importlib.import_module(module).run(quick=args.quick, workdir=args.workdir)
 
     table = Table("group", "benchmark", "value", "goal", "ok", title="cxrjobs benchmarks")
     for r in rows:

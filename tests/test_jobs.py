@@ -324,3 +324,28 @@ def test_spec_and_flag_errors_name_the_field(local_env, tmp_path):
         for text in expected:
             assert text in res.stderr, (args, text, res.stderr)
     assert "needs a 'train' section" not in cli("submit", "nih-train", "--dry-run").stderr
+
+
+def test_evaluate_and_tune_are_checked_at_submit(local_env, phantom_nih_64):
+    """A missing run or dataset for evaluate, and a tune search's missing data, fail at submit
+    (naming the field) instead of inside a replica."""
+    import pytest
+
+    from cxrjobs import api
+    from cxrjobs.errors import ConfigError
+    from cxrjobs.jobs.resolve import resolve_job
+
+    job = resolve_job("evaluate", None, {"name": "ev-missing-run",
+                                         "evaluate": {"run": "nosuchrun", "data": str(phantom_nih_64)}})
+    with pytest.raises(ConfigError, match=r"evaluate\.run: no trained run 'nosuchrun'"):
+        api.submit(job, "local")
+    job = resolve_job("evaluate", None, {"name": "ev-missing-data",
+                                         "evaluate": {"run": "r", "data": "datasets/nope"}})
+    with pytest.raises(ConfigError, match=r"evaluate\.data: dataset 'datasets/nope' not found"):
+        api.submit(job, "local")
+    job = resolve_job("tune", None, {"name": "tune-missing-data",
+                                     "tune": {"job": "train", "train": {"data": "datasets/nope"}}})
+    with pytest.raises(ConfigError, match=r"tune\.train\.data: dataset 'datasets/nope' not found"):
+        api.submit(job, "local")
+    for name in ("ev-missing-run", "ev-missing-data", "tune-missing-data"):
+        assert not local_env.exists(f"runs/{name}/spec.json")  # nothing was recorded or started

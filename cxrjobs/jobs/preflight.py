@@ -49,10 +49,17 @@ def check_train(spec: TrainSpec, store: ObjectStore, field: str = "train") -> No
 
 def check_job(job: JobSpec, store: ObjectStore) -> None:
     """Raise ConfigError (naming the field) for what can be known wrong before a replica runs."""
-    for name in ("train",):  # every payload that is, or holds, a training spec
-        spec = getattr(job, name, None)
-        if isinstance(spec, TrainSpec):
-            check_train(spec, store, name)
+    if job.train is not None:
+        check_train(job.train, store, "train")
+    if getattr(job, "tune", None) is not None:  # a search holds the training spec of its trials
+        check_train(job.tune.train, store, "tune.train")
+    if getattr(job, "evaluate", None) is not None:
+        ev = job.evaluate
+        _manifest(ev.data, store, "evaluate.data")
+        best = join_key("runs", ev.run, "checkpoints", "best.pt")
+        if not store.exists(best):
+            raise ConfigError(f"evaluate.run: no trained run {ev.run!r} in store {store.url} (expected "
+                              f"{best}); is it finished (`cxrjobs status {ev.run}`)?")
     if job.preprocess is not None:
         try:
             join_key(job.preprocess.output)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from cxrjobs.backends import SubmitPlan, get_backend
+from cxrjobs.backends import get_backend
+from cxrjobs.backends.base import SubmitPlan
 from cxrjobs.backends.base import JobStatus
 from cxrjobs.errors import ConfigError, CxrError
 from cxrjobs.jobs.preflight import check_job

@@ -270,3 +270,17 @@ def test_strict_validation_rejects_unknown_fields():
     job["spec"]["template"]["spec"]["containers"][0]["securityContxt"] = {}
     with pytest.raises(kubernetes_validate.ValidationError, match="securityContxt"):
         validate(job)
+
+
+def test_help_builds_no_job_spec_models():
+    """`cxrjobs --help` stays fast: the API, the job specs (every kind's pydantic models) and the
+    Kubernetes option models are imported by the command that runs, not by the CLI's import."""
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom cxrjobs.cli import app\n"
+            "r = CliRunner().invoke(app, ['--help'])\nassert r.exit_code == 0, r.output\n"
+            "r = CliRunner().invoke(app, ['submit', '--help'])\nassert r.exit_code == 0, r.output\n"
+            "print(sorted(m for m in ('cxrjobs.api', 'cxrjobs.jobs.spec', 'cxrjobs.specs.train', "
+            "'cxrjobs.backends.base', 'cxrjobs.backends.kubernetes.options') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

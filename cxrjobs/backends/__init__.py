@@ -3,13 +3,14 @@ a Kubernetes one that renders the same JobSpec into Indexed Jobs (or KubeRay Ray
 
 from __future__ import annotations
 
-from cxrjobs.backends.base import Backend, JobStatus, SubmitPlan
+# No import of base here: the CLI and the option models import this package, and base pulls in the
+# job specs (pydantic models of every kind): about 0.15 s of `cxrjobs --help`.
 from cxrjobs.errors import ConfigError
 
 BACKENDS = ("local", "kubernetes")
 
 
-def get_backend(name: str = "local", kube=None) -> Backend:
+def get_backend(name: str = "local", kube=None):
     """`kube`: KubeOptions for the kubernetes backend (namespace, images, resources, ...)."""
     if name == "local":
         from cxrjobs.backends.local import LocalBackend
@@ -20,4 +21,4 @@ def get_backend(name: str = "local", kube=None) -> Backend:
     raise ConfigError(f"unknown backend {name!r}; available: {list(BACKENDS)}")
 
 
-__all__ = ["Backend", "JobStatus", "SubmitPlan", "get_backend", "BACKENDS"]
+__all__ = ["get_backend", "BACKENDS"]

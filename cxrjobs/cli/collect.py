@@ -6,7 +6,6 @@ from pathlib import Path
 
 import typer
 
-from cxrjobs import api
 from cxrjobs.cli.common import out, print_json
 
 
@@ -23,6 +22,7 @@ def register(app: typer.Typer) -> None:
 
         Example: cxrjobs collect nih-train-20260101-120000-ab12 -o results/nih --checkpoints
         """
+        from cxrjobs import api
         res = api.collect_run(run, str(out_dir), checkpoints=checkpoints, workers=workers,
                               progress=not as_json)
         if as_json:

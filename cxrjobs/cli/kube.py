@@ -6,14 +6,16 @@ from __future__ import annotations
 import functools
 import inspect
 from contextvars import ContextVar
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from pydantic import ValidationError
 
-from cxrjobs.backends.kubernetes.options import KubeOptions, Toleration
 from cxrjobs.cli.common import validation_error
 from cxrjobs.errors import ConfigError
+
+if TYPE_CHECKING:  # built when a command runs: the models cost `cxrjobs --help` ~0.08 s
+    from cxrjobs.backends.kubernetes.options import KubeOptions
 
 PANEL = "Kubernetes options (--backend kubernetes)"
 NAMESPACE_HELP = "Kubernetes namespace of the run"
@@ -53,6 +55,8 @@ _PARAMS = {
 
 
 def build_options(values: dict) -> KubeOptions:
+    from cxrjobs.backends.kubernetes.options import KubeOptions, Toleration
+
     try:
         selectors = {}
         for item in values.get("node_selector") or []:

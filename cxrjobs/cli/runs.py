@@ -8,7 +8,6 @@ import typer
 from rich.console import Console
 from rich.table import Column, Table
 
-from cxrjobs import api
 from cxrjobs.backends import get_backend
 from cxrjobs.cli.common import out, print_json
 from cxrjobs.cli.kube import build_options, namespace_option
@@ -58,6 +57,7 @@ def register(app: typer.Typer) -> None:
 
         Example: cxrjobs status nih-train-20260101-120000-ab12 --json
         """
+        from cxrjobs import api
         st = api.run_status(run, backend, _kube(backend, namespace))
         if as_json:
             print_json(st)

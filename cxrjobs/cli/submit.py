@@ -10,15 +10,10 @@ from typing import Optional
 
 import typer
 
-from cxrjobs import api
-from cxrjobs.backends import get_backend
-from cxrjobs.backends.base import JobStatus
 from cxrjobs.cli.common import out, print_json
 from cxrjobs.cli.kube import current as kube_options, kubernetes_options
-from cxrjobs.jobs import presets
-from cxrjobs.jobs.resolve import preprocess_defaults, resolve_job
-from cxrjobs.specs.preprocess import normalize_source
-from cxrjobs.specs.tune import TuneSpec
+# The API, the job specs and their resolution are imported by the command that runs, not here:
+# building every kind's pydantic models would cost `cxrjobs --help` about 0.2 s.
 
 app = typer.Typer(no_args_is_help=True, help="Submit a job: nih-train, train, transfer, preprocess, evaluate, tune.")
 
@@ -30,6 +25,10 @@ SPEC = typer.Option(None, "-f", "--spec", help="YAML spec; flags override its va
 
 
 def _finish(job, backend: str, wait: bool, as_json: bool, dry_run: bool) -> None:
+    from cxrjobs import api
+    from cxrjobs.backends import get_backend
+    from cxrjobs.backends.base import JobStatus
+
     kube = kube_options()
     result = api.submit(job, backend, dry_run=dry_run, kube=kube)
     if dry_run:
@@ -135,6 +134,9 @@ def nih_train(job: dict, spec_file: Optional[Path] = SPEC, backend: str = BACKEN
 
     Example: cxrjobs submit nih-train --replicas 2 --data datasets/nih-224 --epochs 10 --wait
     """
+    from cxrjobs.jobs import presets
+    from cxrjobs.jobs.resolve import resolve_job
+
     _finish(resolve_job("nih-train", spec_file, job, presets.defaults("nih-train")),
             backend, wait, as_json, dry_run)
 
@@ -150,6 +152,9 @@ def train(job: dict, spec_file: Optional[Path] = SPEC, backend: str = BACKEND, w
 
     Example: cxrjobs submit train --model resnext50 --pretrained weights/resnext50-imagenet.pth --data datasets/covid-224 --wait
     """
+    from cxrjobs.jobs import presets
+    from cxrjobs.jobs.resolve import resolve_job
+
     _finish(resolve_job("train", spec_file, job, presets.defaults("train")), backend, wait, as_json, dry_run)
 
 
@@ -167,6 +172,9 @@ def transfer(job: dict,
 
     Example: cxrjobs submit transfer --method 1 --from nih-train-20260101-120000-ab12 --data datasets/covid-224 --wait
     """
+    from cxrjobs.jobs import presets
+    from cxrjobs.jobs.resolve import resolve_job
+
     job["train"]["init_from"] = source or job["train"]["init_from"]
     _finish(resolve_job("transfer", spec_file, job, presets.defaults("transfer", method)),
             backend, wait, as_json, dry_run)
@@ -192,6 +200,9 @@ def preprocess(source: Optional[str] = typer.Argument(None, help="dataset folder
 
     Example: cxrjobs submit preprocess ../shared/data/nih-sample --format nih --size 224 --replicas 2 --wait
     """
+    from cxrjobs.jobs.resolve import preprocess_defaults, resolve_job
+    from cxrjobs.specs.preprocess import normalize_source
+
     job = resolve_job("preprocess", spec_file, dict(
         name=name, replicas=replicas,
         preprocess=dict(output=output, workers=workers, overwrite=overwrite,
@@ -219,6 +230,8 @@ def evaluate(run: str = typer.Argument(..., help="the trained run to score"),
 
     Example: cxrjobs submit evaluate transfer-20260101-120000-ab12 --data datasets/covid-224 --split test --as test1 --wait
     """
+    from cxrjobs.jobs.resolve import resolve_job
+
     job = resolve_job("evaluate", spec_file, dict(
         name=name, replicas=replicas,
         evaluate=dict(run=run, data=data, split=split, name=as_name, batch_size=batch_size,
@@ -250,6 +263,11 @@ def tune(job: dict,
 
     Example: cxrjobs submit tune --job train --data datasets/covid-224 --model resnext50 --trials 50 --algo pbt --epochs-per-trial 5 --perturbation-interval 1 --wait
     """
+    from cxrjobs.jobs import presets
+    from cxrjobs.jobs.resolve import resolve_job
+
+    from cxrjobs.specs.tune import TuneSpec
+
     tune_doc = dict(job=job_kind, trials=trials, algo=algo, epochs_per_trial=epochs_per_trial,
                     perturbation_interval=perturbation_interval, max_concurrent=max_concurrent,
                     cpus=cpus, metric=metric, mode=mode, max_failures=max_failures, seed=tune_seed,

@@ -26,7 +26,8 @@ PROBE = """<script>window.addEventListener("load", () => {
   const imgs = [...document.images].map(i => ({alt: i.alt, complete: i.complete, w: i.naturalWidth, h: i.naturalHeight}));
   const rows = [...document.querySelectorAll("#comparison tbody tr.method-row")].map(r => r.dataset.run);
   const p = document.createElement("pre"); p.id = "probe";
-  p.textContent = JSON.stringify({imgs, rows, warning: !!document.getElementById("warnings")});
+  const trials = [...document.querySelectorAll("table.trials tbody tr")].map(r => r.cells[0].textContent.trim());
+  p.textContent = JSON.stringify({imgs, rows, trials, warning: !!document.getElementById("warnings")});
   document.body.appendChild(p);
 });</script>"""
 

@@ -4,7 +4,8 @@ accuracy, AUROC with CI, sensitivity, specificity, images / patients), then each
 loss curves, confusion matrices, ROC curves and example predictions. Rendered with Jinja2.
 
 It reads only the store: runs/<run>/spec.json, metrics.jsonl and eval/<name>/results.json + PNGs
-written by the `evaluate` job.
+written by the `evaluate` job; for a hyper-parameter search (`tune` run) its trial table
+(trials.json), PBT exploit history (pbt_history.jsonl), summary and plots written by cxrjobs.tune.
 """
 
 from __future__ import annotations
@@ -46,8 +47,23 @@ def _metric(res: dict, name: str) -> dict:
     return {"value": v, "ci": ci, "wide": wide}
 
 
+HISTORY_ROWS = 50  # exploits listed in the page (all of them are in pbt_history.jsonl)
+
+
+def _num(v) -> str:
+    """Metrics to 3 decimals; small values (learning rates in a search) in scientific notation."""
+    if v is None:
+        return "n/a"
+    return f"{v:.3f}" if v == 0 or abs(v) >= 0.01 else f"{v:.2e}"
+
+
 def _method(spec: dict, run: str) -> str:
     """A short description of how the run was trained ('resnext50, transfer from X, ...')."""
+    if spec.get("kind") == "tune":
+        tune = spec.get("tune") or {}
+        inner = _method({"kind": tune.get("job", "train"), "train": tune.get("train") or {}}, run)
+        return (f"tune: {tune.get('algo', '?')}, {tune.get('trials', '?')} trials x "
+                f"{tune.get('epochs_per_trial', '?')} epochs over {inner}")
     t = spec.get("train") or {}
     if not t:
         return run
@@ -63,6 +79,29 @@ def _method(spec: dict, run: str) -> str:
     if t.get("sampler") == "balanced":
         bits.append("oversampling")
     return f"{spec.get('kind', '')}: " + ", ".join(bits)
+
+
+def _search(store: ObjectStore, prefix: str) -> dict | None:
+    """A tune run's search: its summary, trial table, exploits and plots; None for other runs."""
+    trials = _json(store, join_key(prefix, "trials.json"))
+    if trials is None:
+        return None
+    summary = _json(store, join_key(prefix, "artifacts/result.json")) or {}
+    key = join_key(prefix, "pbt_history.jsonl")
+    history = ([json.loads(x) for x in store.get_text(key).splitlines() if x.strip()]
+               if store.exists(key) else [])
+    t0 = min((h["time"] for h in history), default=0.0)
+    fixed = {"trial", "status", "best_reported", "lineage_best", "epochs", "reports", "exploits",
+             "cloned_from", "error"}
+    images = {}
+    for name in ("metric_vs_time", "lineage"):
+        png = join_key(prefix, "plots", f"{name}.png")
+        if store.exists(png):
+            images[name] = _data_uri(store.get_bytes(png))
+    return {"summary": summary, "trials": trials, "space": [k for k in (trials[0] if trials else {})
+                                                             if k not in fixed],
+            "history": [dict(h, seconds=h["time"] - t0) for h in history[:HISTORY_ROWS]],
+            "exploits": len(history), "images": images}
 
 
 def collect(store: ObjectStore, run: str) -> dict:
@@ -89,8 +128,12 @@ def collect(store: ObjectStore, run: str) -> dict:
                 images[png.removesuffix(".png")] = _data_uri(store.get_bytes(key))
         evals[name] = {"res": res, "images": images,
                        "metrics": {m: _metric(res, m) for m, _ in METRICS}}
-    return {"run": run, "spec": spec, "method": _method(spec or {}, run), "evals": evals,
-            "epochs": len(history), "loss_png": _data_uri(plots.loss_curves(history, f"{run}: loss per epoch")),
+    search = _search(store, prefix)
+    return {"run": run, "spec": spec, "method": _method(spec or {}, run), "evals": evals, "search": search,
+            "epochs": len(history),
+            # A search has no epochs of its own: its trials' curves are in the search's plots.
+            "loss_png": (_data_uri(plots.loss_curves(history, f"{run}: loss per epoch"))
+                         if history or search is None else None),
             "spec_text": json.dumps(spec, indent=1) if spec else "(no spec.json)"}
 
 
@@ -108,7 +151,7 @@ def build_report(store: ObjectStore, runs: list[str], title: str = "cxrjobs repo
                 for key, label in METRICS if (m := ev["metrics"][key])["wide"]]
     env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(["html", "j2"]),
                       trim_blocks=True, lstrip_blocks=True)
-    env.filters["num"] = lambda v: "n/a" if v is None else f"{v:.3f}"
+    env.filters["num"] = _num
     html = env.get_template("report.html.j2").render(
         title=title, items=items, columns=columns, metrics=METRICS, warnings=warnings, wide=WIDE_CI,
         store=store.url, created=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
@@ -117,7 +160,10 @@ def build_report(store: ObjectStore, runs: list[str], title: str = "cxrjobs repo
                          **{c: {m: it["evals"][c]["metrics"][m] for m, _ in METRICS} | {
                              "n_images": it["evals"][c]["res"]["n_images"],
                              "n_patients": it["evals"][c]["res"]["n_patients"]}
-                            for c in columns if c in it["evals"]}} for it in items]}
+                            for c in columns if c in it["evals"]}}
+                        | ({"search": {"trials": len(it["search"]["trials"]), "exploits": it["search"]["exploits"],
+                                       "best": it["search"]["summary"].get("best")}} if it["search"] else {})
+                        for it in items]}
     return html, summary
 
 

@@ -127,6 +127,9 @@ def _plots(spec: TuneSpec, history: list[dict], rows: list[dict], store: ObjectS
         ax.plot([x["time"] - t0 for x in per[t]], [x[spec.metric] for x in per[t]], marker=".", label=t)
     for h in history:
         ax.axvline(h["time"] - t0, color="grey", alpha=0.25, lw=0.8)
+    values = [x[spec.metric] for t in trials for x in per[t]]
+    if values and min(values) > 0 and max(values) / min(values) > 50:
+        ax.set_yscale("log")  # a diverged trial (loss 200 beside 0.6) would flatten every other curve
     ax.set_xlabel("seconds since the first result (grey lines: exploits)")
     ax.set_ylabel(f"{spec.metric} (validation split)")
     ax.set_title(f"{tune_id}: {spec.algo}, {spec.trials} trials")

@@ -248,3 +248,23 @@ def test_submit_through_the_api_writes_the_spec_then_creates_the_job(cluster, ba
     assert st.state is RunState.PENDING and (NS, "api-run") in cluster.jobs
     assert s3_env.exists("runs/api-run/spec.json")
     assert api.run_status("api-run", "kubernetes", kube)["state"] == "Pending"
+
+
+def test_logs_of_a_run_gone_from_the_cluster_come_from_the_store(cluster, backend, local_env):
+    """After ttlSecondsAfterFinished the Job and its pods are deleted; the entrypoint mirrored each
+    replica's output into the store (test_logmirror.py), and `cxrjobs logs` reads it there."""
+    from cxrjobs.jobs.logmirror import log_key
+
+    with pytest.raises(CxrError, match="no run 'run-gone'"):  # nothing anywhere: the old error
+        list(backend.logs("run-gone"))
+    local_env.put_text(log_key("run-gone", 0), "=== attempt started ===\nepoch 1 of rank 0\n")
+    local_env.put_text(log_key("run-gone", 1), "=== attempt started ===\nepoch 1 of rank 1\n")
+    lines = list(backend.logs("run-gone"))
+    assert "no longer in the cluster" in lines[0]
+    assert lines[1:] == ["[replica 0] === attempt started ===\n", "[replica 0] epoch 1 of rank 0\n",
+                         "[replica 1] === attempt started ===\n", "[replica 1] epoch 1 of rank 1\n"]
+    assert list(backend.logs("run-gone", replica=1))[1:] == ["=== attempt started ===\n", "epoch 1 of rank 1\n"]
+    # A Job that still exists is read from its pods, as before.
+    backend.schedule(backend.submit_dryrun(train_job()))
+    cluster.start_pod(NS, "run-a", 0, log="live\n")
+    assert list(backend.logs("run-a", replica=0)) == ["live\n"]

@@ -7,10 +7,13 @@ so the command line is identical across backends and holds no secret.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import traceback
 
 from cxrjobs.config import SECRET_ENV
 from cxrjobs.errors import CxrError, RendezvousTimeout
+from cxrjobs.jobs.logmirror import ENV_FLAG, StoreLogMirror
 from cxrjobs.jobs.registry import get_kind
 from cxrjobs.jobs.spec import JobSpec
 from cxrjobs.storage import ObjectStore, join_key, open_store
@@ -72,6 +75,26 @@ def main(argv: list[str] | None = None) -> int:
         run_id = os.environ.get("CXRJOBS_RUN_ID")
         if not run_id:
             raise CxrError("CXRJOBS_RUN_ID is not set; replicas are started by `cxrjobs submit`")
+    except CxrError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    if os.environ.get(ENV_FLAG) != "1":
+        return _run(store, run_id)
+    # In a pod: its log would go with it (after the Job's TTL, or when a crash replaces the pod).
+    replica = os.environ.get("JOB_COMPLETION_INDEX") or os.environ.get("RANK") or "0"
+    # The kubelet stops a pod with SIGTERM: end through Python so the log's last part is uploaded.
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    with StoreLogMirror(store, run_id, replica):
+        try:
+            return _run(store, run_id)
+        except Exception:  # the traceback belongs in the mirrored log, not after it
+            traceback.print_exc()
+            return 1
+
+
+def _run(store: ObjectStore, run_id: str) -> int:
+    try:
         job = load_job(store, run_id)
         get_kind(job.kind).load_runner()(job, store)
         return 0

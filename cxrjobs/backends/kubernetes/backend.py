@@ -185,7 +185,16 @@ class KubernetesBackend(Backend):
         return int(obj["spec"].get("completions") or 0)
 
     def logs(self, run: str, replica: int | None = None, follow: bool = False) -> Iterator[str]:
-        obj = self._find(run)
+        try:
+            obj = self._find(run)
+        except CxrError:
+            # The Job is gone (ttlSecondsAfterFinished, or deleted): its pods' output was
+            # mirrored into the store by the entrypoint (cxrjobs.jobs.logmirror).
+            stored = self._stored_logs(run, replica)
+            if stored is None:
+                raise
+            yield from stored
+            return
         n = self._replica_count(obj)
         if replica is not None and not 0 <= replica < n:
             raise CxrError(f"run {run} has replicas 0..{n - 1}; --replica {replica} does not exist")
@@ -209,6 +218,29 @@ class KubernetesBackend(Backend):
                     yield tag(i, line)
             return
         yield from self._follow(run, wanted, tag, container, pods)
+
+    @staticmethod
+    def _stored_logs(run: str, replica: int | None) -> list[str] | None:
+        """The replicas' logs as the store has them, or None when it has none of this run."""
+        from cxrjobs.jobs.logmirror import log_key
+        from cxrjobs.storage import join_key, open_store
+
+        try:
+            store = open_store()
+            keys = sorted(o.key for o in store.list(join_key("runs", run, "logs"))
+                          if o.key.endswith(".log") and "/replica-" in o.key)
+        except CxrError:
+            return None
+        if replica is not None:
+            keys = [k for k in keys if k == log_key(run, replica)]
+        if not keys:
+            return None
+        lines = [f"(run {run} is no longer in the cluster; its replicas' logs from {store.url})\n"]
+        for key in keys:
+            name = key.rsplit("/", 1)[-1].removesuffix(".log")
+            prefix = f"[{name.replace('-', ' ')}] " if replica is None and len(keys) > 1 else ""
+            lines += [prefix + line for line in store.get_text(key).splitlines(keepends=True)]
+        return lines
 
     def _follow(self, run, wanted, tag, container, pods) -> Iterator[str]:
         """Stream every replica's current pod, and each replacement pod as the Job creates it,

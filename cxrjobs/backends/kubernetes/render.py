@@ -16,6 +16,7 @@ Every pod meets the "restricted" Pod Security Standard (see pss.py, which the te
 from __future__ import annotations
 
 from cxrjobs.backends.base import ENTRYPOINT, pod_env
+from cxrjobs.jobs.logmirror import ENV_FLAG as LOG_ENV_FLAG
 from cxrjobs.backends.kubernetes.options import KubeOptions
 from cxrjobs.errors import ConfigError
 from cxrjobs.jobs.registry import get_kind
@@ -186,6 +187,7 @@ def indexed_job(job: JobSpec, options: KubeOptions) -> list[dict]:
     svc = service_name(job) if rendezvous else None
     # Slices (no rendezvous) never talk to each other: no MASTER_*.
     env = pod_env(job, master_addr(job) if rendezvous else None, options.master_port)
+    env[LOG_ENV_FLAG] = "1"  # the entrypoint mirrors its output into the store: pods are deleted
     main = container(CONTAINER, image_for(job, options), options, env,
                      command=["python", *ENTRYPOINT],
                      ports={"rendezvous": options.master_port} if rendezvous else None)

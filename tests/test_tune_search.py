@@ -141,6 +141,11 @@ def test_pbt_exploit_copies_the_donors_checkpoint_and_applies_explored_values(ph
         if new["optimizer"] == "sgd":
             assert r["momentum"] == pytest.approx(new["momentum"])
     assert checked >= 1
+    # Every report of a trial got its own checkpoint directory: a restarted trial re-used Ray's
+    # numbering, overwrote a checkpoint its manager still listed, and num_to_keep deleted it.
+    for trial in {r["trial"] for r in rows}:
+        names = [r["checkpoint_dir_name"] for r in rows if r["trial"] == trial]
+        assert len(names) == len(set(names)), (trial, names)
     # Explored values stay inside the space (0.95 * 1.2 is no momentum).
     assert all(0.5 <= h["new_config"]["momentum"] <= 0.95 and 1e-4 <= h["new_config"]["lr"] <= 0.3
                for h in history)

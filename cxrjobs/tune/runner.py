@@ -14,6 +14,7 @@ values) are kept up to date; `cxrjobs status` shows the former.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -36,7 +37,7 @@ RESULTS_FILE = "results.jsonl"
 # What results.jsonl keeps of each reported epoch (besides the metric).
 ROW_KEYS = ("epoch", "val_loss", "lineage_best", "train_loss", "optimizer", "lr", "momentum",
             "weight_decay", "step_size", "gamma", "weights", "restored_epoch", "restored_digest",
-            "time_total_s", "time_this_iter_s")
+            "time_total_s", "time_this_iter_s", "checkpoint_dir_name")
 
 
 def read_jsonl(store: ObjectStore, key: str) -> list[dict]:
@@ -76,6 +77,18 @@ class HistoryLog(_StoreFile):
         self.store.put_text(self.key, "".join(json.dumps(e) + "\n" for e in self.entries))
 
 
+class _SecondDeletionOfACheckpoint(logging.Filter):
+    """At each perturbation PBT asks its top trials to save; a function trainable answers with the
+    checkpoint it already reported, which Tune registers a second time, so `num_to_keep` later
+    deletes that directory twice and logs the second deletion's FileNotFoundError as an ERROR
+    with a traceback. Nothing is lost (the first deletion removed the same, old checkpoint): the
+    record is dropped rather than alarm the user on every search."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, FileNotFoundError) and "Error handling checkpoint" in str(record.msg))
+
+
 class RecordingPBT(PopulationBasedTraining):
     """PBT that records every exploit with the donor's epoch and weights digest, so the
     perturbation history says exactly which checkpoint a trial continued from."""
@@ -103,6 +116,7 @@ class RecordingPBT(PopulationBasedTraining):
             "old_config": {k: old.get(k) for k in keys},
             "donor_config": {k: trial_to_clone.config.get(k) for k in keys},
             "new_config": {k: trial.config.get(k) for k in keys}})
+
 
 
 class StatusCallback(tune.Callback):
@@ -224,6 +238,10 @@ def run_search(spec: TuneSpec, tune_id: str, settings: Settings, *, cpus: int,
         {"cpu": p.cpus / p.concurrent})  # exactly `concurrent` trials fit
     path, fs = storage_for(settings, tune_id)
     experiment = f"{path}/{EXPERIMENT}"
+    logging.getLogger("ray.tune.execution.tune_controller").addFilter(_SecondDeletionOfACheckpoint())
+    # Every checkpoint forces an experiment snapshot (num_to_keep is set) and Tune warns each time
+    # that happens within 5 s: under PBT that is every epoch, by design.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if tune.Tuner.can_restore(experiment, storage_filesystem=fs):
         log(f"resuming the search from {experiment}: finished trials are kept, the others "
             "continue from their last checkpoints")

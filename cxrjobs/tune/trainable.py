@@ -14,6 +14,7 @@ import hashlib
 import math
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -60,6 +61,22 @@ def _restore(checkpoint_dir: Path, run_dir: Path) -> dict:
             shutil.copyfile(src, run_dir / rel)
     ckpt = torch.load(run_dir / "checkpoints/latest.pt", map_location="cpu", weights_only=True)
     return {"restored_epoch": int(ckpt["epoch"]), "restored_digest": state_digest(ckpt["model"])}
+
+
+def _fresh_checkpoint_index() -> None:
+    """Ray names a trial's checkpoint directories checkpoint_<n> from a counter that a restarted
+    trial (PBT exploit, retry) took up again from an older value: the new checkpoint overwrote a
+    directory its checkpoint manager still listed, and `num_to_keep` then deleted that older
+    entry, i.e. the newest checkpoint. A millisecond clock gives each report its own directory.
+    (Ray's session is private API: where it is missing, Ray's own numbering stays.)"""
+    try:
+        from ray.train._internal.session import get_session
+
+        storage = get_session().storage
+        # report() adds one before it persists the checkpoint.
+        storage.current_checkpoint_index = max(storage.current_checkpoint_index, time.time_ns() // 1_000_000 - 1)
+    except (ImportError, AttributeError):
+        pass
 
 
 def train_trial(config: dict, tune_json: str, threads: int, hook: Callable | None = None) -> None:
@@ -111,6 +128,7 @@ def train_trial(config: dict, tune_json: str, threads: int, hook: Callable | Non
                 if src.is_file():
                     (Path(d) / rel).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(src, Path(d) / rel)
+            _fresh_checkpoint_index()
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
         if hook is not None:
             hook(trainer, record)

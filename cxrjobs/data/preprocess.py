@@ -23,6 +23,7 @@ import json
 import multiprocessing as mp
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -268,13 +269,20 @@ def run_slice(spec: PreprocessSpec, store: ObjectStore, prefix: str, workers: in
     tasks = ((item, spec.size, spec.fit) for item in window.feed(items))
     pool = mp.get_context("fork").Pool(workers) if workers > 1 else None
     results = pool.imap(_work, tasks, chunksize=4) if pool else map(_work, tasks)
-    # Each shard's images go straight into this array, reused from shard to shard: a list of
-    # images and np.stack would copy every image twice, into a new 64 MiB each time.
+    # Each shard's images go straight into an array (a list of images and np.stack would copy
+    # every image twice, into a new 64 MiB each time). One writer thread writes (or uploads) shard
+    # k while shard k+1 decodes: two arrays take turns, and one is filled again only once its
+    # write has finished.
     largest = int(todo_rec.groupby("shard").size().max()) if len(todo_rec) else 0
-    stack = np.empty((largest, spec.size, spec.size), np.uint8)
+    stacks = [np.empty((largest, spec.size, spec.size), np.uint8) for _ in range(2)]
+    writes: list[Future | None] = [None, None]
+    writer = ThreadPoolExecutor(1, thread_name_prefix="shard-writer")
     try:
         with progress.bar(len(todo_rec), f"preprocess {spec.size}px", show_progress) as pbar:
-            for k, group in todo_rec.groupby("shard", sort=True):
+            for turn, (k, group) in enumerate(todo_rec.groupby("shard", sort=True)):
+                stack = stacks[turn % 2]
+                if writes[turn % 2] is not None:
+                    writes[turn % 2].result()  # that write is done; its error, if any, raises here
                 rows, rejects = [], []
                 for row in group.itertuples(index=False):
                     arr, digest, err = next(results)
@@ -288,13 +296,17 @@ def run_slice(spec: PreprocessSpec, store: ObjectStore, prefix: str, workers: in
                     stack[len(rows)] = arr
                     rows.append((row.image_id, row.patient_id, row.split, row.labels, row.view,
                                  k, len(rows), row.path, digest))
-                _write_shard(store, prefix, k, stack[:len(rows)], rows, rejects)
+                writes[turn % 2] = writer.submit(_write_shard, store, prefix, k, stack[:len(rows)], rows, rejects)
                 images += len(rows)
                 rejected += len(rejects)
+            for write in writes:
+                if write is not None:
+                    write.result()
     finally:
         window.close()
         if pool:
             pool.terminate()
+        writer.shutdown(wait=True)  # a write under way ends (each file is atomic) before we return
     return SliceResult(len(todo), len(mine) - len(todo), images, rejected, time.perf_counter() - t0)
 
 

@@ -150,6 +150,18 @@ def test_halving_gives_pillows_bytes():
             assert np.array_equal(decode._halve(arr), _pillow_half(arr)), (h, w)
 
 
+def test_halving_from_threads_keeps_images_apart():
+    """predict decodes in threads: each thread halves in its own scratch arrays, so images of
+    different sizes decoded at once come out as they do one by one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(2)
+    images = [rng.integers(0, 256, (h, h), dtype=np.uint8) for h in (1024, 512, 800, 64) * 6]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(decode._halve, images))
+    assert all(np.array_equal(a, _pillow_half(x)) for a, x in zip(together, images))
+
+
 @pytest.mark.parametrize("fit", ["pad", "crop"])
 @pytest.mark.parametrize("shape", [(1024, 1024), (1000, 1200), (1200, 1000), (1024, 400), (400, 1024)])
 def test_resize_by_half_matches_pillow_in_both_fits(shape, fit, monkeypatch):

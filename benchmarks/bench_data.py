@@ -3,7 +3,8 @@
 Everything runs on one core (torch.set_num_threads(1), one preprocessing worker). Inputs are
 1024 x 1024 phantom PNGs in the NIH layout (synth_nih, special=False), written once under
 `workdir` and reused. Page caches are warmed before timing, every measurement is repeated and
-the best repeat is reported (another process may share the cores); details keep all repeats.
+the best repeat is reported (another process may share the cores); details keep all repeats,
+with this process's CPU time and the 1-minute load average beside them.
 
   naive loader    what the paper's loader did every epoch: Pillow open -> L -> resize (plain
                   torchvision Resize to S x S; NIH images are square, so identical to
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -280,22 +282,36 @@ def run(quick: bool = False, workdir: Path | None = None) -> list[dict]:
     scratch = workdir / "bench-data-tmp"
     shutil.rmtree(scratch, ignore_errors=True)
     dec, pre = [], {224: [], 512: []}
+    # Beside each repeat's wall-clock rate: its CPU ms per image (this process) and the 1-minute
+    # load average when it started, to tell a slow repeat from a busy machine.
+    cpu = {"decode": [], 224: [], 512: []}
+    load = []
+
+    def cpu_ms(key, f, *args):
+        t0 = time.process_time()
+        out = f(*args)
+        cpu[key].append(_r(1000 * (time.process_time() - t0) / len(paths), 2))
+        return out
+
     try:
         decode_only(paths[:10])  # imports, first-call costs
         for _ in range(repeats):
-            dec.append(decode_only(paths))
+            load.append(_r(os.getloadavg()[0], 2))
+            dec.append(cpu_ms("decode", decode_only, paths))
             for size in (224, 512):
-                pre[size].append(preprocess_once(raw, scratch / f"pre-{size}", size)[0])
+                pre[size].append(cpu_ms(size, preprocess_once, raw, scratch / f"pre-{size}", size)[0])
         for size in (224, 512):
             merge(LocalStore(scratch / f"pre-{size}"), "ds")  # the last repeat feeds the shard loader
 
         best_dec = max(dec)
         rows.append(row("Pillow decode-only (PNG 1024)", best_dec, "images/s", **common,
-                        repeats=[_r(r) for r in dec], ms_per_image=_r(1000 / best_dec, 2)))
+                        repeats=[_r(r) for r in dec], ms_per_image=_r(1000 / best_dec, 2),
+                        cpu_ms_per_image=cpu["decode"], loadavg_1min=load))
         for size in (224, 512):
             best = max(pre[size])
             rows.append(row(f"preprocess run_slice {size}px (1 worker)", best, "images/s", **common,
                             repeats=[_r(r) for r in pre[size]], ms_per_image=_r(1000 / best, 2),
+                            cpu_ms_per_image=cpu[size], loadavg_1min=load,
                             includes="plan (CSV, scan, split) + decode + resize + sha256 + shard writes"))
         # Where the time goes (best of 2 passes over a subset): what any preprocessing must add to
         # decoding bounds the ratio from above.
@@ -306,18 +322,26 @@ def run(quick: bool = False, workdir: Path | None = None) -> list[dict]:
             ratio = max(pre[size]) / best_dec
             rows.append(row(f"preprocess {size} / decode-only", ratio, "x", f">= {PREPROCESS_GOAL}x decode-only",
                             ratio >= PREPROCESS_GOAL, **{f"preprocess_{size}": _r(max(pre[size]))},
-                            decode_only=_r(best_dec), per_image=parts[size]))
+                            decode_only=_r(best_dec), per_image=parts[size],
+                            cpu_ratio_per_repeat=[_r(d / c, 3) for d, c in zip(cpu["decode"], cpu[size])],
+                            loadavg_1min=load))
 
         # Loaders: the paper's per-epoch decode vs memory-mapped shards.
-        naive = {size: naive_loader(paths, labels, size, naive_epochs) for size in (224, 512)}
-        shard = {size: shard_loader(scratch / f"pre-{size}" / "ds", loader_seconds, loader_repeats)
-                 for size in (224, 512)}
+        naive, shard = {}, {}
+        for size in (224, 512):
+            naive[size] = {"loadavg_1min": _r(os.getloadavg()[0], 2), "cpu_s": time.process_time()}
+            naive[size].update(naive_loader(paths, labels, size, naive_epochs))
+            naive[size]["cpu_s"] = _r(time.process_time() - naive[size]["cpu_s"], 2)
+        for size in (224, 512):
+            shard[size] = {"loadavg_1min": _r(os.getloadavg()[0], 2), "cpu_s": time.process_time()}
+            shard[size].update(shard_loader(scratch / f"pre-{size}" / "ds", loader_seconds, loader_repeats))
+            shard[size]["cpu_s"] = _r(time.process_time() - shard[size]["cpu_s"], 2)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     for size in (224, 512):
         n = naive[size]
         rows.append(row(f"naive PNG loader {size}px (batch 32)", n["best"], "images/s", **common,
-                        epochs=n["epochs"], resize="plain Resize((S, S)), PIL bilinear antialiased; "
+                        epochs=n["epochs"], loadavg_1min=n["loadavg_1min"], cpu_s=n["cpu_s"], resize="plain Resize((S, S)), PIL bilinear antialiased; "
                         "inputs are square so aspect-kept + pad gives the same pixels"))
     for size in (224, 512):
         s = shard[size]

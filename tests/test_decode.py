@@ -130,6 +130,60 @@ def test_jpeg_grey_and_rgb(colour):
         assert diff.mean() < 3, (size, diff.mean())
 
 
+# ----------------------------------------------------------------------------- halving
+
+def _pillow_half(arr: np.ndarray) -> np.ndarray:
+    h, w = arr.shape
+    return np.asarray(Image.fromarray(arr).resize((w // 2, h // 2), Image.Resampling.BILINEAR, reducing_gap=1.5))
+
+
+def test_halving_gives_pillows_bytes():
+    """The numpy halving path (1024 -> 512 and every exact factor of 2) writes what Pillow's
+    bilinear resize writes, to the byte: noise, extremes and a one-pixel checkerboard (the worst
+    case for rounding), at sizes that put the edge columns and rows next to each other."""
+    rng = np.random.default_rng(0)
+    shapes = [(1024, 1024), (2048, 1600), (1600, 2048), (4, 4), (4, 6), (6, 4), (10, 1024), (2048, 1024)]
+    shapes += [(h, w) for h in range(4, 40, 2) for w in range(4, 40, 2) if 2 * w >= h]
+    for h, w in shapes:
+        checker = (np.indices((h, w)).sum(0) % 2 * 255).astype(np.uint8)
+        for arr in (rng.integers(0, 256, (h, w), dtype=np.uint8), checker, np.full((h, w), 255, np.uint8)):
+            assert np.array_equal(decode._halve(arr), _pillow_half(arr)), (h, w)
+
+
+def test_halving_from_threads_keeps_images_apart():
+    """predict decodes in threads: each thread halves in its own scratch arrays, so images of
+    different sizes decoded at once come out as they do one by one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(2)
+    images = [rng.integers(0, 256, (h, h), dtype=np.uint8) for h in (1024, 512, 800, 64) * 6]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(decode._halve, images))
+    assert all(np.array_equal(a, _pillow_half(x)) for a, x in zip(together, images))
+
+
+@pytest.mark.parametrize("fit", ["pad", "crop"])
+@pytest.mark.parametrize("shape", [(1024, 1024), (1000, 1200), (1200, 1000), (1024, 400), (400, 1024)])
+def test_resize_by_half_matches_pillow_in_both_fits(shape, fit, monkeypatch):
+    """_resize takes the numpy path where it equals Pillow and Pillow's own path elsewhere (an
+    image under half as wide as tall, where Pillow resamples vertically first): the same bytes
+    either way."""
+    arr = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    size = (max if fit == "pad" else min)(shape) // 2
+    calls = []
+    monkeypatch.setattr(decode, "_halve", lambda x, halve=decode._halve: calls.append(x.shape) or halve(x))
+    fast = decode._resize(Image.fromarray(arr), size, fit)
+    assert calls == ([shape] if 2 * shape[1] >= shape[0] else [])
+    h, w = shape[0] // 2, shape[1] // 2
+    ref = np.zeros((size, size), np.uint8)
+    half = _pillow_half(arr)
+    if fit == "pad":
+        ref[(size - h) // 2:(size - h) // 2 + h, (size - w) // 2:(size - w) // 2 + w] = half
+    else:
+        ref = half[(h - size) // 2:(h - size) // 2 + size, (w - size) // 2:(w - size) // 2 + size]
+    assert fast.shape == (size, size) and np.array_equal(fast, ref)
+
+
 # ----------------------------------------------------------------------------- geometry
 
 def test_pad_wide_image_puts_bands_top_and_bottom():

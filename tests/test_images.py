@@ -312,3 +312,7 @@ def test_ddp_training_two_containers_end_in_sync(images, bridge, store_env, phan
     assert [m["epoch"] for m in metrics] == [1, 2]
     assert store_env.exists(join_key("runs", job.name, "artifacts", "result.json"))
     assert store_env.exists(join_key("runs", job.name, "checkpoints", "latest.pt"))
+    # Each pod mirrored its output into the store (the Job and its pods are deleted after --ttl).
+    for rank in (0, 1):
+        mirrored = store_env.get_text(join_key("runs", job.name, "logs", f"replica-{rank}.log"))
+        assert mirrored.startswith("=== attempt started ") and DIGEST.findall(mirrored) == [(str(rank), digests[rank])]

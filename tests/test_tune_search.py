@@ -247,6 +247,27 @@ def test_a_failing_trial_is_retried_from_its_checkpoint(phantom_covid_32, ray_en
         assert mine[2]["restored_epoch"] == 2 and mine[2]["restored_digest"] == mine[1]["weights"]
 
 
+def test_relative_dataset_paths_and_a_search_without_any_result(phantom_covid_32, ray_env, tmp_path):
+    """A relative dataset path means the submitter's directory (Ray would otherwise run each trial
+    in its own directory, where it names nothing), and a search in which every trial failed is a
+    failed run with the first error, not a success without an answer."""
+    from cxrjobs.errors import CxrError
+    from cxrjobs.tune.job import run_tune
+
+    assert os.getcwd() == str(tmp_path)  # local_env runs the test in tmp_path
+    os.symlink(phantom_covid_32, tmp_path / "ds32")
+    job = _job("rel", "ds32", trials=2, algo="random", epochs_per_trial=1, cpus=2, max_failures=0)
+    ray_env.put_text(join_key("runs", "rel", "spec.json"), job.model_dump_json())
+    summary = run_tune(job, ray_env)
+    assert summary["errored"] == 0 and summary["best"]["run"] == "rel-best"
+
+    job = _job("none", "no-such-dataset", trials=2, algo="random", epochs_per_trial=1, cpus=2, max_failures=0)
+    ray_env.put_text(join_key("runs", "none", "spec.json"), job.model_dump_json())
+    with pytest.raises(CxrError, match=r"no trial produced a result \(2 of 2 errored.*no-such-dataset"):
+        run_tune(job, ray_env)
+    assert json.loads(ray_env.get_text("runs/none/trials.json"))[0]["status"] == "ERROR"
+
+
 def test_interrupted_search_resumes_without_rerunning_finished_trials(phantom_covid_32, ray_env):
     from cxrjobs import api
     from cxrjobs.backends import get_backend

@@ -98,6 +98,10 @@ def run_tune(job: JobSpec, store: ObjectStore, hook=None) -> dict:
 
     t0 = time.time()
     cleanup = None
+    # Trials run in the driver's working directory, not Ray's per-trial one: a relative dataset
+    # path or CXRJOBS_STORE (as a local user gives them) means what it meant at submit time. The
+    # trainable finds its trial directory through Tune's context, not the working directory.
+    os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
     if local:
         cpus = spec.cpus or len(os.sched_getaffinity(0))
         temp, cleanup = ray_temp_dir(settings.local_state / job.name)
@@ -128,10 +132,16 @@ def run_tune(job: JobSpec, store: ObjectStore, hook=None) -> dict:
         summary = export(grid, spec, job.name, store, HistoryLog(job.name).load(), results, time.time() - t0)
         best = summary["best"]
         where = f"{store.url}/runs/{job.name}"
+        if best is None:  # a search without a single result has no answer: the run fails
+            errors = [r.error for r in grid if r.error]
+            first = str(errors[0]).strip().splitlines()[-1] if errors else "no trial reported a result"
+            raise CxrError(f"search {job.name}: no trial produced a result ({summary['errored']} of "
+                           f"{summary['trials']} errored after {spec.max_failures} retries each); first "
+                           f"error: {first}; trial table: {where}/trials.csv")
         log(f"search {job.name} finished: {summary['trials']} trials ({summary['errored']} errored), "
             f"{summary['exploits']} exploits in {summary['wall_seconds']:.0f}s; "
-            + (f"best {spec.metric} {best['value']:.4f} (val split, trial {best['trial']}) exported as run "
-               f"{best['run']}" if best else "no trial produced a checkpoint")
+            + f"best {spec.metric} {best['value']:.4f} (val split, trial {best['trial']}) exported as run "
+              f"{best['run']}"
             + f"; artifacts: {where}")
         return summary
     finally:

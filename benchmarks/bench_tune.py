@@ -3,7 +3,7 @@
 1. PBT overhead: wall time of N trials x E epochs under Tune PBT (the whole job: Ray start,
    trials, exploits, export) / the same trials (their initial configs) run directly by the
    training loop, one process per trial, at the same parallelism. Goal <= 1.2. Phantom COVID
-   set of 2,400 images at 128 px: epochs of about 10 s per trial on this 2-core machine.
+   set of 2,400 images at 128 px: epochs of 5-6 s per trial (two at once) on this 2-core machine.
 2. The paper's scale: 50 trials x 5 epochs of a transfer-like job (small CNN, 2-class COVID
    phantom set, batch 32) under PBT: wall and CPU time, and a projection to 10 workers.
 3. Quality: PBT's best validation loss against the untuned default config (TrainSpec defaults,
@@ -138,7 +138,7 @@ def initial_specs(summary: dict, ds: Path, epochs: int, threads: int) -> list:
 def bench_overhead(workdir: Path, quick: bool) -> list[dict]:
     cpus = len(os.sched_getaffinity(0))
     trials, epochs = (2, 2) if quick else (cpus, 4)
-    # Epochs of ~10 s per trial, as in the paper's search (50 x 5 epochs in ~5 min on 10 workers):
+    # Epochs of seconds, not a fraction of one, as in the paper's search (50 x 5 epochs in ~5 min on 10 workers):
     # with 1-s epochs the ratio would only measure Ray's start-up, not the cost of searching.
     ds = covid_dataset(workdir, 300, 64) if quick else covid_dataset(workdir, 2400, 128)
     summary, wall_pbt, _ = run_search(workdir, "bench-overhead", ds, trials=trials, algo="pbt",

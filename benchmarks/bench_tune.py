@@ -138,8 +138,8 @@ def initial_specs(summary: dict, ds: Path, epochs: int, threads: int) -> list:
 def bench_overhead(workdir: Path, quick: bool) -> list[dict]:
     cpus = len(os.sched_getaffinity(0))
     trials, epochs = (2, 2) if quick else (cpus, 4)
-    # Epochs of seconds, not a fraction of one, as in the paper's search (50 x 5 epochs in ~5 min on 10 workers):
-    # with 1-s epochs the ratio would only measure Ray's start-up, not the cost of searching.
+    # Epochs of several seconds, as in the paper's search (50 x 5 epochs in ~5 min on 10 workers):
+    # with sub-second epochs the ratio would only measure Ray's start-up, not the search.
     ds = covid_dataset(workdir, 300, 64) if quick else covid_dataset(workdir, 2400, 128)
     summary, wall_pbt, _ = run_search(workdir, "bench-overhead", ds, trials=trials, algo="pbt",
                                       epochs_per_trial=epochs, perturbation_interval=1, cpus=cpus, seed=0)

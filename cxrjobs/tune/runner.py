@@ -89,6 +89,9 @@ class _SecondDeletionOfACheckpoint(logging.Filter):
         return not (isinstance(exc, FileNotFoundError) and "Error handling checkpoint" in str(record.msg))
 
 
+SECOND_DELETION = _SecondDeletionOfACheckpoint()
+
+
 class RecordingPBT(PopulationBasedTraining):
     """PBT that records every exploit with the donor's epoch and weights digest, so the
     perturbation history says exactly which checkpoint a trial continued from."""
@@ -116,7 +119,6 @@ class RecordingPBT(PopulationBasedTraining):
             "old_config": {k: old.get(k) for k in keys},
             "donor_config": {k: trial_to_clone.config.get(k) for k in keys},
             "new_config": {k: trial.config.get(k) for k in keys}})
-
 
 
 class StatusCallback(tune.Callback):
@@ -238,7 +240,7 @@ def run_search(spec: TuneSpec, tune_id: str, settings: Settings, *, cpus: int,
         {"cpu": p.cpus / p.concurrent})  # exactly `concurrent` trials fit
     path, fs = storage_for(settings, tune_id)
     experiment = f"{path}/{EXPERIMENT}"
-    logging.getLogger("ray.tune.execution.tune_controller").addFilter(_SecondDeletionOfACheckpoint())
+    logging.getLogger("ray.tune.execution.tune_controller").addFilter(SECOND_DELETION)  # once per logger
     # Every checkpoint forces an experiment snapshot (num_to_keep is set) and Tune warns each time
     # that happens within 5 s: under PBT that is every epoch, by design.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")

@@ -7,6 +7,7 @@ UPDATE_GOLDEN=1 python -m pytest tests/test_k8s_render.py and review the diff.
 
 from __future__ import annotations
 
+import ast
 import copy
 import os
 import subprocess
@@ -252,17 +253,23 @@ def test_cli_dry_run_prints_the_golden_yaml(local_env):
     assert res.exit_code == 0 and '"kind": "Process"' in res.output
 
 
-def test_cli_and_renderer_import_nothing_heavy():
-    """--help and a Kubernetes dry-run load neither torch, pandas, Pillow nor the kubernetes
-    client (start-up times themselves are measured in benchmarks/)."""
+def _modules_loaded_by(invocations: list[list[str]], modules: tuple[str, ...]) -> list[str]:
+    """Which of `modules` a fresh interpreter has imported after running these CLI invocations."""
     code = ("import sys\nfrom typer.testing import CliRunner\nfrom cxrjobs.cli import app\n"
-            "r = CliRunner().invoke(app, ['submit', 'nih-train', '--dry-run', '--backend', 'kubernetes', "
-            "'--data', 'd'])\nassert r.exit_code == 0, r.output\n"
-            "print(sorted(m for m in ('torch', 'pandas', 'PIL', 'numpy', 'kubernetes') if m in sys.modules))")
+            f"for args in {invocations!r}:\n"
+            "    r = CliRunner().invoke(app, args)\n    assert r.exit_code == 0, r.output\n"
+            f"print(sorted(m for m in {modules!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    return ast.literal_eval(out.stdout.strip())
+
+
+def test_cli_and_renderer_import_nothing_heavy():
+    """--help and a Kubernetes dry-run load neither torch, pandas, Pillow nor the kubernetes
+    client (start-up times themselves are measured in benchmarks/)."""
+    assert _modules_loaded_by([["submit", "nih-train", "--dry-run", "--backend", "kubernetes", "--data", "d"]],
+                              ("torch", "pandas", "PIL", "numpy", "kubernetes")) == []
 
 
 def test_strict_validation_rejects_unknown_fields():
@@ -275,12 +282,6 @@ def test_strict_validation_rejects_unknown_fields():
 def test_help_builds_no_job_spec_models():
     """`cxrjobs --help` stays fast: the API, the job specs (every kind's pydantic models) and the
     Kubernetes option models are imported by the command that runs, not by the CLI's import."""
-    code = ("import sys\nfrom typer.testing import CliRunner\nfrom cxrjobs.cli import app\n"
-            "r = CliRunner().invoke(app, ['--help'])\nassert r.exit_code == 0, r.output\n"
-            "r = CliRunner().invoke(app, ['submit', '--help'])\nassert r.exit_code == 0, r.output\n"
-            "print(sorted(m for m in ('cxrjobs.api', 'cxrjobs.jobs.spec', 'cxrjobs.specs.train', "
-            "'cxrjobs.backends.base', 'cxrjobs.backends.kubernetes.options') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    assert _modules_loaded_by([["--help"], ["submit", "--help"]],
+                              ("cxrjobs.api", "cxrjobs.jobs.spec", "cxrjobs.specs.train", "cxrjobs.backends.base",
+                               "cxrjobs.backends.kubernetes.options")) == []

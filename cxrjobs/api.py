@@ -43,11 +43,7 @@ def submit(job: JobSpec, backend: str = "local", dry_run: bool = False,
 
 
 def run_metrics(run: str, store: ObjectStore | None = None) -> list[dict]:
-    store = store or open_store()
-    key = join_key("runs", run, "metrics.jsonl")
-    if not store.exists(key):
-        return []
-    return [json.loads(line) for line in store.get_text(key).splitlines() if line.strip()]
+    return (store or open_store()).get_jsonl(join_key("runs", run, "metrics.jsonl"))
 
 
 def wait(run: str, backend: str = "local", kube=None, timeout: float | None = None) -> dict:

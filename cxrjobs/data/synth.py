@@ -139,7 +139,7 @@ def _chest(labels: set[str], rng) -> np.ndarray:
     _paint(img, heart, 172 + j(6))
 
     side = int(rng.integers(2))  # the lung a one-sided finding lands in
-    lung, (lmask, lrad) = lungs[side], masks[side]
+    lung, (lmask, _) = lungs[side], masks[side]
     for name in sorted(labels):
         if name == "Effusion":  # fluid with a meniscus climbing laterally: blunted angle
             for s in ((0, 1) if rng.random() < 0.3 else (side,)):

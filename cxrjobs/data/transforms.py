@@ -14,9 +14,10 @@ batch (512 px, 64 images) costs more in page faults than the conversion itself. 
 converted by torch's copy (a flipped sample from a flipped uint8 copy, a quarter of the bytes of
 a float one), then the whole batch is multiplied and shifted in place: 15-16 ms a batch of 64 at
 512 px on one core, against 17.5-18.5 for numpy casting and multiplying in cache-sized chunks
-(measured side by side; the uint8 -> float32 conversion is most of either). On a GPU flips are whole-batch selects on the uint8 batch and the conversion is three
-elementwise kernels, with no host synchronisation. The elementwise arithmetic is the same on both paths (float32 multiply, then add), so a batch
-has the same values wherever it is prepared.
+(measured side by side; the uint8 -> float32 conversion is most of either). On a GPU flips are
+whole-batch selects on the uint8 batch and the conversion is three elementwise kernels, with no
+host synchronisation. The elementwise arithmetic is the same on both paths (float32 multiply,
+then add), so a batch has the same values wherever it is prepared.
 """
 
 from __future__ import annotations

@@ -124,7 +124,7 @@ def evaluate(spec: EvalSpec, store: ObjectStore, ctx=None, log=log) -> dict:
                 "threshold": det.threshold, "fitted_on": det.info},
     }
     pngs: dict[str, bytes] = {}
-    history = _history(store, spec.run)
+    history = store.get_jsonl(join_key("runs", spec.run, "metrics.jsonl"))
     pngs["loss_curves.png"] = plots.loss_curves(history, f"{spec.run}: loss per epoch")
     if binary:
         scores = M.positive_scores(rm.objective, logits)
@@ -188,11 +188,6 @@ def evaluate(spec: EvalSpec, store: ObjectStore, ctx=None, log=log) -> dict:
     return res
 
 
-def _history(store: ObjectStore, run: str) -> list[dict]:
-    key = join_key("runs", run, "metrics.jsonl")
-    if not store.exists(key):
-        return []
-    return [json.loads(line) for line in store.get_text(key).splitlines() if line.strip()]
 
 
 def summary_line(res: dict) -> str:

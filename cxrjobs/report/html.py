@@ -87,9 +87,7 @@ def _search(store: ObjectStore, prefix: str) -> dict | None:
     if trials is None:
         return None
     summary = _json(store, join_key(prefix, "artifacts/result.json")) or {}
-    key = join_key(prefix, "pbt_history.jsonl")
-    history = ([json.loads(x) for x in store.get_text(key).splitlines() if x.strip()]
-               if store.exists(key) else [])
+    history = store.get_jsonl(join_key(prefix, "pbt_history.jsonl"))
     t0 = min((h["time"] for h in history), default=0.0)
     fixed = {"trial", "status", "best_reported", "lineage_best", "epochs", "reports", "exploits",
              "cloned_from", "error"}
@@ -109,9 +107,7 @@ def collect(store: ObjectStore, run: str) -> dict:
 
     prefix = join_key("runs", run)
     spec = _json(store, join_key(prefix, "spec.json"))
-    metrics_key = join_key(prefix, "metrics.jsonl")
-    history = ([json.loads(x) for x in store.get_text(metrics_key).splitlines() if x.strip()]
-               if store.exists(metrics_key) else [])
+    history = store.get_jsonl(join_key(prefix, "metrics.jsonl"))
     if spec is None and not history:
         raise CxrError(f"run {run}: nothing at {store.url}/{prefix} (no spec.json, no metrics.jsonl); "
                        "check the run id (`cxrjobs runs`) and CXRJOBS_STORE")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -163,3 +164,10 @@ class ObjectStore(ABC):
 
     def put_text(self, key: str, text: str) -> ObjectInfo:
         return self.put_bytes(key, text.encode("utf-8"))
+
+    def get_jsonl(self, key: str) -> list[dict]:
+        """A JSON-lines object (metrics.jsonl, Tune's results and history) as a list; [] when
+        there is none yet."""
+        if not self.exists(key):
+            return []
+        return [json.loads(line) for line in self.get_text(key).splitlines() if line.strip()]

@@ -88,7 +88,7 @@ def run_tune(job: JobSpec, store: ObjectStore, hook=None) -> dict:
     import ray
 
     from cxrjobs.tune.export import export
-    from cxrjobs.tune.runner import RESULTS_FILE, HistoryLog, read_jsonl, run_search
+    from cxrjobs.tune.runner import RESULTS_FILE, HistoryLog, run_search
 
     interrupted = threading.Event()
 
@@ -128,7 +128,7 @@ def run_tune(job: JobSpec, store: ObjectStore, hook=None) -> dict:
         if interrupted.is_set():
             raise CxrError(f"search {job.name} interrupted; its state is saved: resubmit the same "
                            "spec under the same --name to resume it")
-        results = read_jsonl(store, f"runs/{job.name}/{RESULTS_FILE}")
+        results = store.get_jsonl(f"runs/{job.name}/{RESULTS_FILE}")
         summary = export(grid, spec, job.name, store, HistoryLog(job.name).load(), results, time.time() - t0)
         best = summary["best"]
         where = f"{store.url}/runs/{job.name}"

@@ -40,11 +40,6 @@ ROW_KEYS = ("epoch", "val_loss", "lineage_best", "train_loss", "optimizer", "lr"
             "time_total_s", "time_this_iter_s", "checkpoint_dir_name")
 
 
-def read_jsonl(store: ObjectStore, key: str) -> list[dict]:
-    text = store.get_text(key) if store.exists(key) else ""
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
 class _StoreFile:
     """A small JSON(L) file of the tune run in the object store, rewritten whole (atomic)."""
 
@@ -69,7 +64,7 @@ class HistoryLog(_StoreFile):
 
     def load(self) -> list[dict]:
         if self.entries is None:  # a resumed experiment keeps the exploits before the restart
-            self.entries = read_jsonl(self.store, self.key)
+            self.entries = self.store.get_jsonl(self.key)
         return self.entries
 
     def append(self, entry: dict) -> None:
@@ -138,7 +133,7 @@ class StatusCallback(tune.Callback):
     def setup(self, **info):
         # A resumed experiment keeps what was recorded before the interruption.
         if self.rows is None:
-            self.rows = read_jsonl(self.results.store, self.results.key)
+            self.rows = self.results.store.get_jsonl(self.results.key)
         if self.best is None and self.status.store.exists(self.status.key):
             self.best = json.loads(self.status.store.get_text(self.status.key)).get("best")
 

@@ -178,6 +178,7 @@ def _report_shows_the_search(store, best, table, history, tmp_path):
     html = out.read_text()
     assert f"exported as run <code>{best['run']}</code>" in html and "tune: pbt, 4 trials x 4 epochs" in html
     assert html.count('<tr class="trial-row') == 4 and html.count("&#9733;") == 1
+    assert all(f"<th>{k}</th>" in html for k in ("optimizer", "lr", "momentum", "step_size", "gamma"))
     for t in table:
         assert f">{t['trial']}" in html
     assert f"PBT exploits ({len(history)}" in html

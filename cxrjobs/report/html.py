@@ -89,15 +89,12 @@ def _search(store: ObjectStore, prefix: str) -> dict | None:
     summary = _json(store, join_key(prefix, "artifacts/result.json")) or {}
     history = store.get_jsonl(join_key(prefix, "pbt_history.jsonl"))
     t0 = min((h["time"] for h in history), default=0.0)
-    fixed = {"trial", "status", "best_reported", "lineage_best", "epochs", "reports", "exploits",
-             "cloned_from", "error"}
     images = {}
     for name in ("metric_vs_time", "lineage"):
         png = join_key(prefix, "plots", f"{name}.png")
         if store.exists(png):
             images[name] = _data_uri(store.get_bytes(png))
-    return {"summary": summary, "trials": trials, "space": [k for k in (trials[0] if trials else {})
-                                                             if k not in fixed],
+    return {"summary": summary, "trials": trials, "space": summary.get("space", []),
             "history": [dict(h, seconds=h["time"] - t0) for h in history[:HISTORY_ROWS]],
             "exploits": len(history), "images": images}
 

@@ -186,6 +186,7 @@ def export(grid, spec: TuneSpec, tune_id: str, store: ObjectStore, history: list
     summary = {"run": tune_id, "algo": spec.algo, "metric": spec.metric, "mode": spec.mode,
                "trials": len(rows), "errored": sum(r["status"] == "ERROR" for r in rows),
                "epochs_per_trial": spec.epochs_per_trial, "exploits": len(history),
+               "space": list(spec.space or {}),  # the trial table's hyper-parameter columns
                "wall_seconds": wall_s, "plots": plots, "best": None}
     if best is not None:
         run_id, val = export_best(best, spec, tune_id, store)

@@ -82,7 +82,7 @@ def run_search(workdir: Path, name: str, ds: Path, **tune) -> tuple[dict, float,
                           capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise RuntimeError(f"tune job {name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"tune job {name} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     summary = json.loads((store / "runs" / name / "artifacts" / "result.json").read_text())
     results = [json.loads(x) for x in (store / "runs" / name / "results.jsonl").read_text().splitlines()]
     summary["_results"] = results

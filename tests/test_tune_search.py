@@ -141,11 +141,13 @@ def test_pbt_exploit_copies_the_donors_checkpoint_and_applies_explored_values(ph
         if new["optimizer"] == "sgd":
             assert r["momentum"] == pytest.approx(new["momentum"])
     assert checked >= 1
-    # Every report of a trial got its own checkpoint directory: a restarted trial re-used Ray's
+    # Every checkpoint of a trial got its own directory: a restarted trial re-used Ray's
     # numbering, overwrote a checkpoint its manager still listed, and num_to_keep deleted it.
+    # (An epoch whose trial is exploited at once is not saved: the donor's checkpoint replaces it.)
     for trial in {r["trial"] for r in rows}:
-        names = [r["checkpoint_dir_name"] for r in rows if r["trial"] == trial]
-        assert len(names) == len(set(names)), (trial, names)
+        mine = [r for r in rows if r["trial"] == trial]
+        names = [r["checkpoint_dir_name"] for r in mine if "checkpoint_dir_name" in r]
+        assert "checkpoint_dir_name" in mine[-1] and len(names) == len(set(names)), (trial, names)
     # Explored values stay inside the space (0.95 * 1.2 is no momentum).
     assert all(0.5 <= h["new_config"]["momentum"] <= 0.95 and 1e-4 <= h["new_config"]["lr"] <= 0.3
                for h in history)
@@ -163,6 +165,29 @@ def test_pbt_exploit_copies_the_donors_checkpoint_and_applies_explored_values(ph
     assert best["value"] == min(t["lineage_best"] for t in table)
     _evaluate_exported(ray_env, best)
     _report_shows_the_search(ray_env, best, table, history, tmp_path)
+
+
+def test_asynchronous_pbt_clones_without_new_processes_or_older_checkpoints(phantom_covid_32, ray_env):
+    """Asynchronous PBT with a slot per trial: an exploited trial goes on in its own process
+    (reset_config + load_checkpoint, no new process), both trials keep training side by side, and
+    an exploit never clones a donor's checkpoint older than the trial's own epoch (the trial waits
+    for the donor to report that epoch instead of training it again)."""
+    from cxrjobs.tune.job import run_tune
+
+    job = _job("apbt", phantom_covid_32, trials=2, algo="pbt", epochs_per_trial=5, perturbation_interval=1,
+               quantile_fraction=0.5, cpus=2, seed=3)
+    ray_env.put_text(join_key("runs", "apbt", "spec.json"), job.model_dump_json())
+    summary = run_tune(job, ray_env)
+    history = [json.loads(x) for x in ray_env.get_text("runs/apbt/pbt_history.jsonl").splitlines()]
+    rows = _rows(ray_env, "apbt")
+    assert history and summary["exploits"] == len(history)
+    for h in history:
+        assert h["donor_epoch"] >= h["trial_epoch"], h
+    for trial in {r["trial"] for r in rows}:
+        mine = [r for r in rows if r["trial"] == trial]
+        assert len({r["pid"] for r in mine}) == 1, [(r["epoch"], r["pid"]) for r in mine]
+        assert mine[-1]["epoch"] == 5
+    assert {t["status"] for t in json.loads(ray_env.get_text("runs/apbt/trials.json"))} == {"TERMINATED"}
 
 
 def _report_shows_the_search(store, best, table, history, tmp_path):
@@ -227,18 +252,17 @@ def test_a_failing_trial_is_retried_from_its_checkpoint(phantom_covid_32, ray_en
     marks = str(tmp_path / "marks")
     os.makedirs(marks)
 
-    def fail_once_after_epoch_2(trainer, record):
+    def fail_once_in_epoch_3(trainable):
         import os as _os
-        from ray import tune
-        mark = _os.path.join(marks, tune.get_context().get_trial_id())
-        if record["epoch"] == 2 and not _os.path.exists(mark):
+        mark = _os.path.join(marks, trainable.trial_id)
+        if trainable.trainer.epoch == 2 and not _os.path.exists(mark):
             open(mark, "w").close()
-            raise RuntimeError("injected failure after epoch 2")
+            raise RuntimeError("injected failure in epoch 3")
 
     job = _job("retry", phantom_covid_32, trials=2, algo="random", epochs_per_trial=3, cpus=2,
                max_failures=1)
     ray_env.put_text(join_key("runs", "retry", "spec.json"), job.model_dump_json())
-    summary = run_tune(job, ray_env, hook=fail_once_after_epoch_2)
+    summary = run_tune(job, ray_env, hook=fail_once_in_epoch_3)
     assert summary["errored"] == 0 and len(os.listdir(marks)) == 2
     rows = _rows(ray_env, "retry")
     for trial in {r["trial"] for r in rows}:

@@ -1,14 +1,16 @@
-"""The training loop's hooks that Tune relies on: hyper-parameters re-applied after a restore
-(PBT explore after exploit) and the epoch callback."""
+"""What Tune relies on in the training loop: hyper-parameters re-applied after a restore (PBT
+explore after exploit) and the loop driven one epoch at a time (begin / train_epoch)."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 
 from cxrjobs.train import checkpoint
 from cxrjobs.train.distributed import DistContext
-from cxrjobs.train.loop import Run, StopTraining, Trainer
+from cxrjobs.train.loop import Run, Trainer
 from cxrjobs.specs.train import TrainSpec
 
 SOLO = DistContext(0, 1, torch.device("cpu"), None)
@@ -28,9 +30,7 @@ def test_restore_applies_the_specs_new_hyper_parameters(phantom_covid_32, local_
     assert donor["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.025)  # one decay after epoch 2
 
     new = _spec(phantom_covid_32, epochs=5, lr=0.2, momentum=0.5, gamma=0.25, step_size=3, weight_decay=1e-4)
-    seen = []
-    t = Trainer(new, run, SOLO, on_epoch_end=lambda tr, rec: seen.append(
-        (rec["epoch"], rec["lr"], tr.opt.param_groups[0]["momentum"], tr.sched.gamma, tr.sched.step_size)), **QUIET)
+    t = Trainer(new, run, SOLO, **QUIET)
     t._resume()
     g = t.opt.param_groups[0]
     # Weights and optimizer state (momentum buffers) are the donor's; the values are the spec's.
@@ -40,8 +40,11 @@ def test_restore_applies_the_specs_new_hyper_parameters(phantom_covid_32, local_
     # The new schedule from its start: lr 0.2 decayed once by the new gamma (3 epochs // step 3).
     assert (g["lr"], g["momentum"], g["weight_decay"]) == (0.2 * 0.25, 0.5, 1e-4)
     assert (t.sched.gamma, t.sched.step_size, t.sched.last_epoch) == (0.25, 3, 3)
-    t.start_epoch, t.history = 0, []  # fit() restores again from the same checkpoint
-    t.fit()
+    t.begin()  # resumes again from the same checkpoint
+    seen = []
+    while t.epoch < new.epochs:
+        rec = t.train_epoch()
+        seen.append((rec["epoch"], rec["lr"], t.opt.param_groups[0]["momentum"], t.sched.gamma, t.sched.step_size))
     # Epoch 4 runs at lr 0.2 * 0.25^(3 // 3) = 0.05, epoch 5 too; momentum and gamma are the new ones.
     assert [(e, round(lr, 9), m, ga, st) for e, lr, m, ga, st in seen] == [
         (4, 0.05, 0.5, 0.25, 3), (5, 0.05, 0.5, 0.25, 3)]
@@ -78,17 +81,19 @@ def test_switching_optimizer_type_keeps_weights_and_starts_fresh_state(phantom_c
     assert "betas" in after["optimizer"]["param_groups"][0] and after["epoch"] == 3
 
 
-def test_epoch_callback_sees_the_written_checkpoint_and_can_stop(phantom_covid_32, local_env):
-    run = Run(local_env, "cb")
-    calls = []
-
-    def on_epoch_end(trainer, record):
+def test_the_loop_one_epoch_at_a_time(phantom_covid_32, local_env):
+    """begin() then train_epoch(): each epoch's checkpoint is written before it returns (Tune
+    copies it as the trial's checkpoint), and a begin() on a new Trainer resumes from it."""
+    run = Run(local_env, "steps")
+    spec = _spec(phantom_covid_32, epochs=5)
+    t = Trainer(spec, run, SOLO, **QUIET).begin()
+    for n in (1, 2):
+        rec = t.train_epoch()
         ckpt = checkpoint.load(local_env, run.key("checkpoints/latest.pt"))
-        calls.append((record["epoch"], ckpt["epoch"], record is trainer.history[-1]))
-        if record["epoch"] == 2:
-            raise StopTraining("enough")
-
-    result = Trainer(_spec(phantom_covid_32, epochs=5), run, SOLO, on_epoch_end=on_epoch_end, **QUIET).fit()
-    assert calls == [(1, 1, True), (2, 2, True)]
-    assert result["epochs"] == 2
-    assert local_env.exists(run.key("artifacts/result.json"))
+        assert (rec["epoch"], ckpt["epoch"], t.epoch) == (n, n, n) and rec is t.history[-1]
+        assert json.loads(ckpt["history"])[-1] == json.loads(json.dumps(rec))
+    again = Trainer(spec, run, SOLO, **QUIET).begin()
+    assert again.epoch == 2 and [h["epoch"] for h in again.history] == [1, 2]
+    for k, v in again.model.state_dict().items():
+        torch.testing.assert_close(v, t.model.state_dict()[k])
+    assert again.train_epoch()["epoch"] == 3

@@ -1,6 +1,8 @@
 """The one training loop. NIH pre-training, transfer, baselines and Tune trials all run here.
 
-Each replica runs `Trainer(spec, run, ctx).fit()`. Gradients are averaged by DDP; metrics are
+Each replica runs `Trainer(spec, run, ctx).fit()`: begin() (resume, data loader), train_epoch()
+until every epoch has run, then the test score and artifacts. A Tune trial drives the same steps
+one epoch per Tune step (cxrjobs.tune.trainable). Gradients are averaged by DDP; metrics are
 computed on the exact split (predictions gathered from all ranks, no sampler padding); rank 0
 alone writes checkpoints, metrics and artifacts.
 """
@@ -60,10 +62,6 @@ def resolve_dataset(data: str, store: ObjectStore) -> Path:
     return materialize(store, data, load_settings().local_cache)
 
 
-class StopTraining(Exception):
-    """Raised by an on_epoch_end callback to end fit() early and cleanly (e.g. a Tune scheduler)."""
-
-
 def default_threads(world_size: int) -> int:
     return max(1, len(os.sched_getaffinity(0)) // world_size)
 
@@ -81,11 +79,8 @@ def monitor_value(monitor: str, val: dict) -> float | None:
 
 
 class Trainer:
-    def __init__(self, spec: TrainSpec, run: Run, ctx: DistContext, log=print, on_epoch_end=None):
-        """on_epoch_end(trainer, record): called on every rank after each epoch, once rank 0 has
-        written that epoch's checkpoint; it may raise StopTraining (on every rank alike)."""
+    def __init__(self, spec: TrainSpec, run: Run, ctx: DistContext, log=print):
         self.spec, self.run, self.ctx, self.log = spec, run, ctx, log
-        self.on_epoch_end = on_epoch_end
         torch.set_num_threads(spec.threads or default_threads(ctx.world_size))
         if spec.deterministic:
             torch.use_deterministic_algorithms(True)
@@ -149,6 +144,8 @@ class Trainer:
         self.best_val = math.inf
         self.best_monitor = math.inf if spec.monitor_mode == "min" else -math.inf
         self.start_epoch = 0
+        self.epoch = 0  # epochs done; train_epoch() runs the next one
+        self._loader: DataLoader | None = None
 
     # -- one optimisation step over a rank's share of a global batch ---------------------------
     def prepare(self, x: torch.Tensor, aug=None, gen: torch.Generator | None = None,
@@ -267,14 +264,17 @@ class Trainer:
         return summarize(self.spec.objective, logits, ds.targets, ds.patients, ds.class_names,
                          split, self.spec.bootstrap, self.spec.seed)
 
-    def fit(self) -> dict:
+    def begin(self) -> "Trainer":
+        """Resume from the run's latest.pt when there is one (weights, optimizer, epoch, history),
+        then set up the data loader. Called again, it resumes from latest.pt again."""
         spec, ctx = self.spec, self.ctx
         self._resume()
+        self.epoch = self.start_epoch
         train = self.data["train"]
-        sampler = self._sampler(train)
-        loader = DataLoader(train, batch_size=self.per_rank, sampler=sampler, collate_fn=passthrough,
-                            num_workers=spec.loader_workers, persistent_workers=spec.loader_workers > 0,
-                            pin_memory=ctx.device.type == "cuda")
+        self._sampler_obj = self._sampler(train)
+        self._loader = DataLoader(train, batch_size=self.per_rank, sampler=self._sampler_obj, collate_fn=passthrough,
+                                  num_workers=spec.loader_workers, persistent_workers=spec.loader_workers > 0,
+                                  pin_memory=ctx.device.type == "cuda")
         if ctx.is_main and self.start_epoch == 0:
             self.log(f"training {spec.model} on {spec.data}: {train.describe()}, "
                      f"{ctx.world_size} replica(s) x {torch.get_num_threads()} thread(s), "
@@ -282,56 +282,56 @@ class Trainer:
                      f"({self.per_rank}/replica, micro-batch {self.micro}), device {ctx.device}, "
                      f"precision {self.amp.name}{', channels-last' if self.channels_last else ''}"
                      f"{', compiled' if spec.compile else ''}")
-        for epoch in range(self.start_epoch, spec.epochs):
-            sampler.set_epoch(epoch)
-            gen = torch.Generator().manual_seed(spec.seed * 1_000_003 + epoch * 1009 + ctx.rank)
-            t0 = time.perf_counter()
-            loss_sum, seen = 0.0, 0
-            for x, y in loader:
-                loss_sum += self.step(x, y, gen)
-                seen += len(x)
-            # On the training device: NCCL reduces only CUDA tensors. float() waits for the
-            # device's last step, so the epoch's time includes all of its work.
-            totals = torch.tensor([float(loss_sum), seen], dtype=torch.float64, device=ctx.device)
-            train_seconds = time.perf_counter() - t0
-            if ctx.distributed:
-                dist.all_reduce(totals)
-            lr = self.opt.param_groups[0]["lr"]
-            if self.sched is not None:
-                self.sched.step()
-            val = self.evaluate("val")
-            current = monitor_value(spec.monitor, val)
-            improved = current is not None and (
-                current < self.best_monitor if spec.monitor_mode == "min" else current > self.best_monitor)
-            if improved:
-                self.best_monitor = current
-            self.best_val = min(self.best_val, val["loss"])
-            self.history.append({
-                "epoch": epoch + 1, "lr": lr,
-                "train": {**train.describe(), "loss": float(totals[0]) / max(float(totals[1]), 1.0),
-                          "images_seen": int(totals[1]), "seconds": train_seconds,
-                          "images_per_second": float(totals[1]) / max(train_seconds, 1e-9)},
-                "val": val, "best": improved,
-            })
-            if ctx.is_main:
-                self._checkpoint(epoch + 1, improved)
-                self.log(f"epoch {epoch + 1}/{spec.epochs} train_loss {self.history[-1]['train']['loss']:.4f} "
-                         f"val_loss {val['loss']:.4f} {headline(val)} "
-                         f"{self.history[-1]['train']['images_per_second']:.0f} img/s{' *best' if improved else ''}")
-            if self.on_epoch_end is not None and self._epoch_end():
-                break
-        return self._finish()
+        return self
 
-    def _epoch_end(self) -> bool:
-        """Runs the on_epoch_end callback; True when it asks to stop."""
-        if self.ctx.distributed:
-            dist.barrier()  # the epoch's checkpoint is written before any rank reports it
-        try:
-            self.on_epoch_end(self, self.history[-1])
-        except StopTraining as stop:
-            self.log(f"stopped after epoch {len(self.history)} of {self.spec.epochs}: {stop or 'by callback'}")
-            return True
-        return False
+    def train_epoch(self) -> dict:
+        """One epoch: train, step the scheduler, validate; rank 0 writes the epoch's checkpoint and
+        metrics before this returns. Returns the epoch's record (self.history[-1])."""
+        spec, ctx, epoch = self.spec, self.ctx, self.epoch
+        train = self.data["train"]
+        self._sampler_obj.set_epoch(epoch)
+        gen = torch.Generator().manual_seed(spec.seed * 1_000_003 + epoch * 1009 + ctx.rank)
+        t0 = time.perf_counter()
+        loss_sum, seen = 0.0, 0
+        for x, y in self._loader:
+            loss_sum += self.step(x, y, gen)
+            seen += len(x)
+        # On the training device: NCCL reduces only CUDA tensors. float() waits for the
+        # device's last step, so the epoch's time includes all of its work.
+        totals = torch.tensor([float(loss_sum), seen], dtype=torch.float64, device=ctx.device)
+        train_seconds = time.perf_counter() - t0
+        if ctx.distributed:
+            dist.all_reduce(totals)
+        lr = self.opt.param_groups[0]["lr"]
+        if self.sched is not None:
+            self.sched.step()
+        val = self.evaluate("val")
+        current = monitor_value(spec.monitor, val)
+        improved = current is not None and (
+            current < self.best_monitor if spec.monitor_mode == "min" else current > self.best_monitor)
+        if improved:
+            self.best_monitor = current
+        self.best_val = min(self.best_val, val["loss"])
+        self.history.append({
+            "epoch": epoch + 1, "lr": lr,
+            "train": {**train.describe(), "loss": float(totals[0]) / max(float(totals[1]), 1.0),
+                      "images_seen": int(totals[1]), "seconds": train_seconds,
+                      "images_per_second": float(totals[1]) / max(train_seconds, 1e-9)},
+            "val": val, "best": improved,
+        })
+        self.epoch = epoch + 1
+        if ctx.is_main:
+            self._checkpoint(epoch + 1, improved)
+            self.log(f"epoch {epoch + 1}/{spec.epochs} train_loss {self.history[-1]['train']['loss']:.4f} "
+                     f"val_loss {val['loss']:.4f} {headline(val)} "
+                     f"{self.history[-1]['train']['images_per_second']:.0f} img/s{' *best' if improved else ''}")
+        return self.history[-1]
+
+    def fit(self) -> dict:
+        self.begin()
+        while self.epoch < self.spec.epochs:
+            self.train_epoch()
+        return self._finish()
 
     def _finish(self) -> dict:
         spec = self.spec

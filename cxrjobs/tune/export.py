@@ -29,7 +29,7 @@ def best_run_id(tune_id: str) -> str:
 
 
 def _trial_id(result) -> str:
-    # The trial directory, train_trial_<experiment>_<index>_...: a trial cloned at its donor's
+    # The trial directory, TrialTrainable_<experiment>_<index>_...: a trial cloned at its donor's
     # last epoch keeps the donor's last metrics (and trial_id) as its own.
     m = re.search(r"_([0-9a-f]{5}_[0-9]{5})_", Path(str(result.path)).name)
     return m.group(1) if m else (result.metrics or {}).get("trial_id", Path(str(result.path)).name)
@@ -50,7 +50,8 @@ def trial_table(grid, spec: TuneSpec, history: list[dict], rows: list[dict]) -> 
         last = mine[-1] if mine else {}
         table.append({
             "trial": tid, "status": "ERROR" if r.error else "TERMINATED",
-            **{k: r.config.get(k) for k in keys},
+            # A trial whose process failed to start reported nothing, not even its config.
+            **{k: (r.config or {}).get(k) for k in keys},
             "best_reported": best, "lineage_best": last.get("lineage_best"), "epochs": last.get("epoch"),
             "reports": len(mine), "exploits": sum(1 for h in history if h["trial"] == tid),
             "cloned_from": [h["donor"] for h in history if h["trial"] == tid],

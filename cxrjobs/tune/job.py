@@ -87,9 +87,6 @@ def run_tune(job: JobSpec, store: ObjectStore, hook=None) -> dict:
         loopback_only()
     import ray
 
-    from cxrjobs.tune.export import export
-    from cxrjobs.tune.runner import RESULTS_FILE, HistoryLog, run_search
-
     interrupted = threading.Event()
 
     def on_term(*_):  # cancel / pod deletion: Tune saves the experiment state and stops
@@ -124,6 +121,10 @@ def run_tune(job: JobSpec, store: ObjectStore, hook=None) -> dict:
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, on_term) if main else None
     try:
+        # Imported while Ray starts its worker processes (Tune's import takes about a second).
+        from cxrjobs.tune.export import export
+        from cxrjobs.tune.runner import RESULTS_FILE, HistoryLog, run_search
+
         grid = run_search(spec, job.name, settings, cpus=cpus, log=log, hook=hook)
         if interrupted.is_set():
             raise CxrError(f"search {job.name} interrupted; its state is saved: resubmit the same "

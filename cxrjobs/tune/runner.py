@@ -14,7 +14,6 @@ values) are kept up to date; `cxrjobs status` shows the former.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import time
@@ -22,13 +21,17 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ray import tune
+from ray.train._internal.session import _FutureTrainingResult
+from ray.tune.experiment import Trial
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+from ray.tune.search import BasicVariantGenerator
 
 from cxrjobs.config import SECRET_ENV, Settings
 from cxrjobs.specs.tune import TuneSpec
 from cxrjobs.storage import ObjectStore, join_key, open_store
 from cxrjobs.tune import space as spaces
-from cxrjobs.tune.trainable import train_trial
+from cxrjobs.tune.trainable import TrialTrainable
 
 EXPERIMENT = "ray"          # runs/<tune-id>/ray/ holds Tune's experiment
 STATUS_FILE = "tune_status.json"
@@ -37,7 +40,7 @@ RESULTS_FILE = "results.jsonl"
 # What results.jsonl keeps of each reported epoch (besides the metric).
 ROW_KEYS = ("epoch", "val_loss", "lineage_best", "train_loss", "optimizer", "lr", "momentum",
             "weight_decay", "step_size", "gamma", "weights", "restored_epoch", "restored_digest",
-            "time_total_s", "time_this_iter_s", "checkpoint_dir_name")
+            "time_total_s", "time_this_iter_s", "pid")
 
 
 class _StoreFile:
@@ -72,37 +75,94 @@ class HistoryLog(_StoreFile):
         self.store.put_text(self.key, "".join(json.dumps(e) + "\n" for e in self.entries))
 
 
-class _SecondDeletionOfACheckpoint(logging.Filter):
-    """At each perturbation PBT asks its top trials to save; a function trainable answers with the
-    checkpoint it already reported, which Tune registers a second time, so `num_to_keep` later
-    deletes that directory twice and logs the second deletion's FileNotFoundError as an ERROR
-    with a traceback. Nothing is lost (the first deletion removed the same, old checkpoint): the
-    record is dropped rather than alarm the user on every search."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        return not (isinstance(exc, FileNotFoundError) and "Error handling checkpoint" in str(record.msg))
-
-
-SECOND_DELETION = _SecondDeletionOfACheckpoint()
-
-
 class RecordingPBT(PopulationBasedTraining):
     """PBT that records every exploit with the donor's epoch and weights digest, so the
     perturbation history says exactly which checkpoint a trial continued from."""
 
-    def __init__(self, history: HistoryLog, last_epoch: int, **kwargs):
+    def __init__(self, history: HistoryLog, last_epoch: int, population_fits: bool, **kwargs):
         super().__init__(**kwargs)
-        self.history, self.last_epoch = history, last_epoch
+        self.history, self.last_epoch, self.population_fits = history, last_epoch, population_fits
+        # trial id -> (trial, donor): exploits that wait for the donor's checkpoint of the epoch
+        # the trial has reached (see _exploit)
+        self.waiting: dict[str, tuple[Trial, Trial]] = {}
 
     def on_trial_result(self, tune_controller, trial, result):
         # A trial at its last epoch is done: cloning into it (or pausing it) would only cost time.
         if result.get("epoch", 0) >= self.last_epoch:
+            self._donor_reported(tune_controller, trial, usable=False)
             return self.CONTINUE
-        return super().on_trial_result(tune_controller, trial, result)
+        decision = super().on_trial_result(tune_controller, trial, result)
+        self._donor_reported(tune_controller, trial, usable=True)
+        if decision == self.PAUSE and not self._synch and self.population_fits:
+            # Asynchronous PBT pauses a trial whenever another one is paused or pending, so that
+            # a population larger than the free slots takes turns. When every trial has a slot,
+            # the other one is only paused by its exploit and resumes at once on its own slot:
+            # pausing this one as well made the two take turns instead of training side by side.
+            return self.CONTINUE
+        return decision
+
+    def on_trial_complete(self, tune_controller, trial, result):
+        self._donor_reported(tune_controller, trial, usable=False)
+        super().on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_error(self, tune_controller, trial):
+        self._donor_reported(tune_controller, trial, usable=False)
+        super().on_trial_error(tune_controller, trial)
+
+    def choose_trial_to_run(self, tune_controller):
+        if self._synch or not self.waiting:
+            return super().choose_trial_to_run(tune_controller)
+        # As PBT's: the trial that has trained least goes first; one waiting for its donor stays
+        # paused until the donor has reported.
+        candidates = [t for t in tune_controller.get_trials() if t.status in (Trial.PENDING, Trial.PAUSED)
+                      and t.trial_id not in self.waiting]
+        return min(candidates, key=lambda t: self._trial_state[t].last_train_time, default=None)
+
+    def _donor_reported(self, tune_controller, donor, usable: bool) -> None:
+        """The donor of waiting exploits has reported (or ended): each waiting trial now clones
+        the donor's fresh checkpoint, or, where the donor is no longer a top trial (or ended),
+        goes on from its own last checkpoint."""
+        for tid, (trial, d) in list(self.waiting.items()):
+            if d is not donor:
+                continue
+            del self.waiting[tid]
+            state = self._trial_state[donor]
+            ckpt = state.last_checkpoint if usable else None
+            if isinstance(ckpt, _FutureTrainingResult):
+                done = ckpt.resolve()
+                state.last_checkpoint = ckpt = done.checkpoint if done else None
+                if done:
+                    state.last_result = done.metrics
+            if ckpt is not None and trial.status == Trial.PAUSED:
+                self._synch, synch = True, self._synch  # Ray's _exploit takes a paused trial only in synch mode
+                try:
+                    self._exploit(tune_controller, trial, donor)
+                finally:
+                    self._synch = synch
+
+    def on_trial_add(self, tune_controller, trial):
+        self._controller = tune_controller
+        super().on_trial_add(tune_controller, trial)
+
+    def all_trials_finished(self) -> bool:
+        controller = getattr(self, "_controller", None)
+        return controller is None or all(t.is_finished() for t in controller.get_trials())
+
+    def __getstate__(self):  # Tune pickles its scheduler with the experiment, not the controller
+        return {**{k: v for k, v in self.__dict__.items() if k != "_controller"}, "waiting": {}}
 
     def _exploit(self, tune_controller, trial, trial_to_clone):
         donor = self._trial_state[trial_to_clone].last_result or {}
+        mine = self._trial_state[trial].last_result or {}
+        if (not self._synch and self.population_fits and trial.status == Trial.RUNNING
+                and trial_to_clone.status == Trial.RUNNING and donor.get("epoch", 0) < mine.get("epoch", 0)):
+            # Asynchronous PBT would clone the donor's checkpoint of an earlier epoch, and this
+            # trial would train that epoch again. The donor is training the missing epoch right
+            # now: the trial waits, paused, and clones the donor's checkpoint of its own epoch
+            # once the donor reports it (_donor_reported).
+            self.waiting[trial.trial_id] = (trial, trial_to_clone)
+            tune_controller.pause_trial(trial, should_checkpoint=False)
+            return
         before, old = trial.last_result or {}, dict(trial.config)
         super()._exploit(tune_controller, trial, trial_to_clone)
         keys = list(self._hyperparam_mutations)
@@ -114,6 +174,22 @@ class RecordingPBT(PopulationBasedTraining):
             "old_config": {k: old.get(k) for k in keys},
             "donor_config": {k: trial_to_clone.config.get(k) for k in keys},
             "new_config": {k: trial.config.get(k) for k in keys}})
+
+
+class PBTSearch(BasicVariantGenerator):
+    """The trials of a PBT search, all created at the start. Tune keeps the process of a stopped
+    trial for reuse only while its search can still create trials (TuneController's
+    _maybe_cache_trial_actor, Ray 2.x): with all trials created, every trial paused by an
+    exploit started a new process (imports, dataset, model: seconds) when it went on. This search
+    says it is finished only once every trial is, so Ray keeps the process of a paused trial and
+    the trial goes on in it (reset_config + load_checkpoint)."""
+
+    def __init__(self, scheduler: RecordingPBT, **kwargs):
+        super().__init__(**kwargs)
+        self.scheduler = scheduler
+
+    def is_finished(self) -> bool:
+        return super().is_finished() and self.scheduler.all_trials_finished()
 
 
 class StatusCallback(tune.Callback):
@@ -158,7 +234,7 @@ class StatusCallback(tune.Callback):
                **{k: result.get(k) for k in ROW_KEYS if k in result}, self.metric: result.get(self.metric),
                "config": {k: trial.config.get(k) for k in sorted(trial.config)}}
         self.rows.append(row)
-        self.results.store.put_text(self.results.key, "".join(json.dumps(r, default=str) + "\n" for r in self.rows))
+        self._write_rows()
         v = result.get(self.metric)
         if self._better(v):
             self.best = {"trial": trial.trial_id, "value": v, "epoch": result.get("epoch"),
@@ -166,6 +242,17 @@ class StatusCallback(tune.Callback):
         best = f"{self.best['value']:.4f} ({self.best['trial']})" if self.best else "-"
         self.log(f"trial {trial.trial_id} epoch {result.get('epoch')} {self.metric} {v:.4f}; best so far {best}")
         self._write(trials)
+
+    def _write_rows(self) -> None:
+        self.results.store.put_text(self.results.key, "".join(json.dumps(r, default=str) + "\n" for r in self.rows))
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        # The epoch's checkpoint, saved right after its result: which directory holds it.
+        # (PBT also saves its top trials at a perturbation: a second copy of the same epoch.)
+        mine = [r for r in self.rows or [] if r["trial"] == trial.trial_id]
+        if mine and "checkpoint_dir_name" not in mine[-1]:
+            mine[-1]["checkpoint_dir_name"] = os.path.basename(str(checkpoint.path).rstrip("/"))
+            self._write_rows()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._write(trials)
@@ -197,11 +284,11 @@ def storage_for(settings: Settings, tune_id: str) -> tuple[str, Any]:
     return "/".join(p for p in (bucket, prefix.strip("/"), "runs", tune_id) if p), fs
 
 
-def make_scheduler(spec: TuneSpec, history: HistoryLog):
+def make_scheduler(spec: TuneSpec, history: HistoryLog, concurrent: int):
     if spec.algo == "pbt":
         space = spec.space or {}
         return RecordingPBT(
-            history, spec.epochs_per_trial, time_attr="epoch", perturbation_interval=spec.perturbation_interval,
+            history, spec.epochs_per_trial, spec.trials <= concurrent, time_attr="epoch", perturbation_interval=spec.perturbation_interval,
             hyperparam_mutations=spaces.mutations(space), quantile_fraction=spec.quantile_fraction,
             resample_probability=spec.resample_probability, synch=spec.synch,
             custom_explore_fn=lambda config: spaces.clamp(space, config))
@@ -231,11 +318,14 @@ def run_search(spec: TuneSpec, tune_id: str, settings: Settings, *, cpus: int,
 
     p = plan(spec, cpus)
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, tune_json=spec.model_dump_json(), threads=p.threads, hook=hook),
+        tune.with_parameters(TrialTrainable, tune_json=spec.model_dump_json(), threads=p.threads, hook=hook),
         {"cpu": p.cpus / p.concurrent})  # exactly `concurrent` trials fit
     path, fs = storage_for(settings, tune_id)
     experiment = f"{path}/{EXPERIMENT}"
-    logging.getLogger("ray.tune.execution.tune_controller").addFilter(SECOND_DELETION)  # once per logger
+    # Tune's default loggers include TensorBoard's, whose import alone took 2.3 s of every
+    # search's start here; the search's own record is results.jsonl and its plots. Tune's JSON and
+    # CSV files per trial stay: its ResultGrid reads them.
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     # Every checkpoint forces an experiment snapshot (num_to_keep is set) and Tune warns each time
     # that happens within 5 s: under PBT that is every epoch, by design.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -250,23 +340,24 @@ def run_search(spec: TuneSpec, tune_id: str, settings: Settings, *, cpus: int,
         log(f"searching {spec.trials} trials x {spec.epochs_per_trial} epochs ({spec.algo}, "
             f"{spec.metric} {spec.mode}) over {json.dumps(spec.space)}; {p.concurrent} at once "
             f"x {p.threads} thread(s) on {p.cpus} CPUs")
-        from ray.tune.search import BasicVariantGenerator
+        scheduler = make_scheduler(spec, history, p.concurrent)
+        search = (PBTSearch(scheduler, random_state=spec.seed) if spec.algo == "pbt"
+                  # The other algorithms start trials only as slots free up.
+                  else BasicVariantGenerator(random_state=spec.seed, max_concurrent=p.concurrent))
         tuner = tune.Tuner(
             trainable, param_space=spaces.param_space(spec.space or {}),
             tune_config=tune.TuneConfig(
                 metric=spec.metric, mode=spec.mode, num_samples=spec.trials,
-                scheduler=make_scheduler(spec, history),
                 # PBT's population is every trial at once: Ray's CPUs (threads per trial) bound
                 # how many run, and PBT pauses one at each perturbation so a waiting one can run.
-                # The other algorithms start trials only as slots free up.
-                search_alg=BasicVariantGenerator(random_state=spec.seed,
-                                                 max_concurrent=0 if spec.algo == "pbt" else p.concurrent),
-                # A paused trial (PBT: population > concurrent trials) resumes in a warm process.
+                scheduler=scheduler, search_alg=search,
+                # An exploited or paused trial goes on in a warm process (reset_config + restore).
                 reuse_actors=True),
             run_config=tune.RunConfig(
                 name=EXPERIMENT, storage_path=path, storage_filesystem=fs, verbose=0,
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                # PBT clones a donor's checkpoint from its last perturbation: keep enough.
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.perturbation_interval + 2),
-                callbacks=[StatusCallback(tune_id, spec, log)]))
+                # PBT clones a donor's checkpoint from its last perturbation, and a top trial
+                # saves twice at one (its epoch's checkpoint and PBT's): keep enough of them.
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2 * spec.perturbation_interval + 3),
+                callbacks=[StatusCallback(tune_id, spec, log), JsonLoggerCallback(), CSVLoggerCallback()]))
     return tuner.fit()

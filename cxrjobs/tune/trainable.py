@@ -1,11 +1,17 @@
-"""One Tune trial = one run of the one training loop (cxrjobs.train.loop.Trainer).
+"""One Tune trial = one run of the one training loop (cxrjobs.train.loop.Trainer), one epoch per
+Tune step.
 
-The trial's Trainer writes its run into a scratch local store in the trial's directory. After
-each epoch (the Trainer's on_epoch_end callback, called once latest.pt is written) the run's
-checkpoint files become a Tune checkpoint, reported with the epoch's metrics. On a restore
-(PBT exploit, a retried failure, a resumed experiment) the Tune checkpoint's files are put back
-into the scratch run before the Trainer starts: it resumes the donor's weights, optimizer state,
-epoch and history, and then re-applies the trial's (explored) hyper-parameters.
+The trial's Trainer writes its run into a scratch local store in the trial's directory; each
+epoch's checkpoint files (latest.pt, best.pt, metrics.jsonl) become a Tune checkpoint. On a
+restore (PBT exploit, a retried failure, a resumed experiment) the Tune checkpoint's files are
+put back into the scratch run and the Trainer resumes from them: the donor's weights, optimizer
+state, epoch and history, with the trial's (explored) hyper-parameters applied on top.
+
+A class trainable rather than a function: when PBT clones a donor into a trial, Tune keeps the
+trial's process (reuse_actors), calls reset_config with the explored values and load_checkpoint
+with the donor's files, and the next step trains on. A function trainable's thread is half-way
+through its next epoch when the trial is paused, so Ray could not reuse its process: every
+exploit cost a new process (imports, dataset, model) and a thrown-away part of an epoch.
 """
 
 from __future__ import annotations
@@ -13,10 +19,11 @@ from __future__ import annotations
 import hashlib
 import math
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
+
+from ray import tune
 
 # The files of a run that make up one Tune checkpoint (paths relative to runs/<id>/).
 CHECKPOINT_FILES = ("checkpoints/latest.pt", "checkpoints/best.pt", "metrics.jsonl")
@@ -50,92 +57,102 @@ def lineage_best(history: list[dict], metric: str, mode: str) -> float:
     return min(vals) if mode == "min" else max(vals)
 
 
-def _restore(checkpoint_dir: Path, run_dir: Path) -> dict:
-    """Put a Tune checkpoint's files into the trial's run; returns what was restored."""
-    import torch
+class TrialTrainable(tune.Trainable):
+    """The Tune trainable. `hook(trainable)` runs at the start of each step, before the epoch
+    trains (tests use it to inject a failure)."""
 
-    for rel in CHECKPOINT_FILES:
-        src = checkpoint_dir / rel
-        if src.is_file():
-            (run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, run_dir / rel)
-    ckpt = torch.load(run_dir / "checkpoints/latest.pt", map_location="cpu", weights_only=True)
-    return {"restored_epoch": int(ckpt["epoch"]), "restored_digest": state_digest(ckpt["model"])}
+    def setup(self, config: dict, tune_json: str, threads: int, hook: Callable | None = None):
+        from cxrjobs.specs.tune import TuneSpec
+        from cxrjobs.storage import open_store
+        from cxrjobs.train.loop import resolve_dataset
 
+        self.spec = TuneSpec.model_validate_json(tune_json)
+        # Every node materialises the dataset from the object store into its own cache once.
+        self.data = resolve_dataset(self.spec.train.data, open_store())
+        self.threads, self.hook = threads, hook
+        self.reset_config(config)
 
-def _fresh_checkpoint_index() -> None:
-    """Ray names a trial's checkpoint directories checkpoint_<n> from a counter that a restarted
-    trial (PBT exploit, retry) took up again from an older value: the new checkpoint overwrote a
-    directory its checkpoint manager still listed, and `num_to_keep` then deleted that older
-    entry, i.e. the newest checkpoint. A millisecond clock gives each report its own directory.
-    (Ray's session is private API: where it is missing, Ray's own numbering stays.)"""
-    try:
-        from ray.train._internal.session import get_session
+    def reset_config(self, new_config: dict) -> bool:
+        """A new config for this process (PBT: the explored values, followed by load_checkpoint
+        with the donor's files): a fresh scratch run; the Trainer is built at the next step."""
+        self.config = new_config
+        self.tspec = self.spec.trial_train_spec(new_config, data=str(self.data), threads=self.threads,
+                                                evaluate_test=False)
+        self.scratch = Path(self.logdir) / "run"
+        shutil.rmtree(self.scratch, ignore_errors=True)  # a previous config's files are never resumed
+        self.run_dir = self.scratch / "runs" / TRIAL_RUN
+        self.trainer = None
+        self.restored = False
+        return True
 
-        storage = get_session().storage
-        # report() adds one before it persists the checkpoint.
-        storage.current_checkpoint_index = max(storage.current_checkpoint_index, time.time_ns() // 1_000_000 - 1)
-    except (ImportError, AttributeError):
-        pass
+    def _start_trainer(self):
+        import torch
 
+        from cxrjobs.storage import LocalStore
+        from cxrjobs.train.distributed import DistContext
+        from cxrjobs.train.loop import Run, Trainer
 
-def train_trial(config: dict, tune_json: str, threads: int, hook: Callable | None = None) -> None:
-    """The Tune function trainable. `hook(trainer, record)` runs after each epoch's report
-    (tests use it to inject a failure)."""
-    import torch
-    from ray import tune
+        log_file = Path(self.logdir) / "trainer.log"
 
-    from cxrjobs.specs.tune import TuneSpec
-    from cxrjobs.storage import LocalStore, open_store
-    from cxrjobs.train.distributed import DistContext
-    from cxrjobs.train.loop import Run, Trainer, resolve_dataset
+        def log(msg: str) -> None:
+            with open(log_file, "a") as f:
+                print(msg, file=f)
 
-    spec = TuneSpec.model_validate_json(tune_json)
-    # Every node materialises the dataset from the object store into its own cache once.
-    data = resolve_dataset(spec.train.data, open_store())
-    trial_dir = Path(tune.get_context().get_trial_dir())
-    scratch = trial_dir / "run"
-    shutil.rmtree(scratch, ignore_errors=True)  # a previous attempt's files are never resumed
-    run = Run(LocalStore(scratch), TRIAL_RUN)
-    run_dir = scratch / "runs" / TRIAL_RUN
-    restored: dict = {}
-    ckpt = tune.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            restored = _restore(Path(d), run_dir)
-    tspec = spec.trial_train_spec(config, data=str(data), threads=threads, evaluate_test=False)
-    log_file = open(trial_dir / "trainer.log", "a", buffering=1)
+        device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+        self.trainer = Trainer(self.tspec, Run(LocalStore(self.scratch), TRIAL_RUN),
+                               DistContext(0, 1, device, None), log=log).begin()
 
-    def on_epoch_end(trainer, record) -> None:
-        g = trainer.opt.param_groups[0]
+    def step(self) -> dict:
+        if self.trainer is None:
+            self._start_trainer()
+        t = self.trainer
+        restored = {}
+        if self.restored:  # what this epoch starts from, read from the resumed Trainer
+            restored = {"restored_epoch": t.epoch, "restored_digest": state_digest(t.model.state_dict())}
+            self.restored = False
+        if self.hook is not None:
+            self.hook(self)
+        record = t.train_epoch() if t.epoch < self.tspec.epochs else t.history[-1]
+        spec, g = self.spec, t.opt.param_groups[0]
         metrics = {
             "epoch": record["epoch"], "val_loss": float(record["val"]["loss"]),
             spec.metric: metric_value(record["val"], spec.metric),
-            "lineage_best": lineage_best(trainer.history, spec.metric, spec.mode),
+            "lineage_best": lineage_best(t.history, spec.metric, spec.mode),
             "train_loss": record["train"]["loss"],
             # What the optimizer and scheduler really used (PBT explore must reach them).
-            "optimizer": tspec.optimizer, "lr": record["lr"], "momentum": g.get("momentum"),
+            "optimizer": self.tspec.optimizer, "lr": record["lr"], "momentum": g.get("momentum"),
             "weight_decay": g["weight_decay"],
-            "step_size": trainer.sched.step_size if trainer.sched else None,
-            "gamma": trainer.sched.gamma if trainer.sched else None,
-            "weights": state_digest(trainer.model.state_dict()),
+            "step_size": t.sched.step_size if t.sched else None,
+            "gamma": t.sched.gamma if t.sched else None,
+            "weights": state_digest(t.model.state_dict()),
+            # Every epoch is a Tune checkpoint: a retry or an exploit starts from the last one.
+            "should_checkpoint": True, "done": t.epoch >= self.tspec.epochs,
             **restored,
         }
-        restored.clear()
-        with tempfile.TemporaryDirectory(dir=trial_dir, prefix="ckpt-") as d:
-            for rel in CHECKPOINT_FILES:
-                src = run_dir / rel
-                if src.is_file():
-                    (Path(d) / rel).parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(src, Path(d) / rel)
-            _fresh_checkpoint_index()
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
-        if hook is not None:
-            hook(trainer, record)
+        return metrics
 
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        Trainer(tspec, run, DistContext(0, 1, device, None),
-                log=lambda m: print(m, file=log_file), on_epoch_end=on_epoch_end).fit()
-    finally:
-        log_file.close()
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        # Ray names checkpoint directories checkpoint_<n> from a counter that a restored trial
+        # takes up again from an older value: the new checkpoint would overwrite a directory the
+        # trial's checkpoint manager still lists, and num_to_keep would then delete it, i.e. the
+        # newest checkpoint. A millisecond clock gives each save its own directory (the storage
+        # context adds one to the index after this returns).
+        storage = self._storage
+        if storage is not None:
+            storage.current_checkpoint_index = max(storage.current_checkpoint_index, time.time_ns() // 1_000_000 - 1)
+        for rel in CHECKPOINT_FILES:
+            src = self.run_dir / rel
+            if src.is_file():
+                (Path(checkpoint_dir) / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, Path(checkpoint_dir) / rel)
+
+    def load_checkpoint(self, checkpoint_dir: str) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        for rel in CHECKPOINT_FILES:
+            src = Path(checkpoint_dir) / rel
+            if src.is_file():
+                (self.run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, self.run_dir / rel)
+        self.trainer = None  # the next step resumes a Trainer from these files
+        self.restored = True
+

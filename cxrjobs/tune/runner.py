@@ -191,6 +191,12 @@ class PBTSearch(BasicVariantGenerator):
     def is_finished(self) -> bool:
         return super().is_finished() and self.scheduler.all_trials_finished()
 
+    def get_state(self):  # the search's own state, saved with each experiment snapshot
+        state = super().get_state()
+        if state:
+            state.pop("scheduler", None)
+        return state
+
 
 class StatusCallback(tune.Callback):
     """Every reported epoch of every trial (results.jsonl: the search's own record, complete

@@ -294,7 +294,8 @@ def make_scheduler(spec: TuneSpec, history: HistoryLog, concurrent: int):
     if spec.algo == "pbt":
         space = spec.space or {}
         return RecordingPBT(
-            history, spec.epochs_per_trial, spec.trials <= concurrent, time_attr="epoch", perturbation_interval=spec.perturbation_interval,
+            history, spec.epochs_per_trial, spec.trials <= concurrent, time_attr="epoch",
+            perturbation_interval=spec.perturbation_interval,
             hyperparam_mutations=spaces.mutations(space), quantile_fraction=spec.quantile_fraction,
             resample_probability=spec.resample_probability, synch=spec.synch,
             custom_explore_fn=lambda config: spaces.clamp(space, config))

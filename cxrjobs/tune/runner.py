@@ -14,6 +14,7 @@ values) are kept up to date; `cxrjobs status` shows the former.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -73,6 +74,20 @@ class HistoryLog(_StoreFile):
     def append(self, entry: dict) -> None:
         self.load().append(entry)
         self.store.put_text(self.key, "".join(json.dumps(e) + "\n" for e in self.entries))
+
+
+class _NoProgressFileYet(logging.Filter):
+    """When a trial restarts from a checkpoint (PBT exploit, a paused trial's turn), Tune's CSV and
+    JSON loggers first copy the trial's progress file back from storage, and warn when there is
+    none: the case of a trial cloned or paused before its own first result was written. Tune
+    then starts the file afresh; the search's record is results.jsonl. The warning is dropped
+    rather than alarm the user on every search."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Remote file not found")
+
+
+NO_PROGRESS_FILE_YET = _NoProgressFileYet()
 
 
 class RecordingPBT(PopulationBasedTraining):
@@ -333,6 +348,7 @@ def run_search(spec: TuneSpec, tune_id: str, settings: Settings, *, cpus: int,
     # search's start here; the search's own record is results.jsonl and its plots. Tune's JSON and
     # CSV files per trial stay: its ResultGrid reads them.
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    logging.getLogger("ray.tune.logger.logger").addFilter(NO_PROGRESS_FILE_YET)  # once per logger
     # Every checkpoint forces an experiment snapshot (num_to_keep is set) and Tune warns each time
     # that happens within 5 s: under PBT that is every epoch, by design.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")

@@ -145,7 +145,8 @@ class Trainer:
         self.best_monitor = math.inf if spec.monitor_mode == "min" else -math.inf
         self.start_epoch = 0
         self.epoch = 0  # epochs done; train_epoch() runs the next one
-        self._loader: DataLoader | None = None
+        self._loader: DataLoader | None = None  # set by begin()
+        self._train_sampler = None
 
     # -- one optimisation step over a rank's share of a global batch ---------------------------
     def prepare(self, x: torch.Tensor, aug=None, gen: torch.Generator | None = None,
@@ -271,9 +272,10 @@ class Trainer:
         self._resume()
         self.epoch = self.start_epoch
         train = self.data["train"]
-        self._sampler_obj = self._sampler(train)
-        self._loader = DataLoader(train, batch_size=self.per_rank, sampler=self._sampler_obj, collate_fn=passthrough,
-                                  num_workers=spec.loader_workers, persistent_workers=spec.loader_workers > 0,
+        self._train_sampler = self._sampler(train)
+        self._loader = DataLoader(train, batch_size=self.per_rank, sampler=self._train_sampler,
+                                  collate_fn=passthrough, num_workers=spec.loader_workers,
+                                  persistent_workers=spec.loader_workers > 0,
                                   pin_memory=ctx.device.type == "cuda")
         if ctx.is_main and self.start_epoch == 0:
             self.log(f"training {spec.model} on {spec.data}: {train.describe()}, "
@@ -287,9 +289,11 @@ class Trainer:
     def train_epoch(self) -> dict:
         """One epoch: train, step the scheduler, validate; rank 0 writes the epoch's checkpoint and
         metrics before this returns. Returns the epoch's record (self.history[-1])."""
+        if self._loader is None:
+            raise RuntimeError("Trainer.train_epoch() before begin()")
         spec, ctx, epoch = self.spec, self.ctx, self.epoch
         train = self.data["train"]
-        self._sampler_obj.set_epoch(epoch)
+        self._train_sampler.set_epoch(epoch)
         gen = torch.Generator().manual_seed(spec.seed * 1_000_003 + epoch * 1009 + ctx.rank)
         t0 = time.perf_counter()
         loss_sum, seen = 0.0, 0

@@ -178,7 +178,8 @@ class RecordingPBT(PopulationBasedTraining):
             self.waiting[trial.trial_id] = (trial, trial_to_clone)
             tune_controller.pause_trial(trial, should_checkpoint=False)
             return
-        before, old = trial.last_result or {}, dict(trial.config)
+        # PBT's state holds the result being processed (the trial's own last_result lags one).
+        before, old = mine, dict(trial.config)
         super()._exploit(tune_controller, trial, trial_to_clone)
         keys = list(self._hyperparam_mutations)
         self.history.append({

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 from cxrjobs.backends import get_backend
-from cxrjobs.backends.base import SubmitPlan
-from cxrjobs.backends.base import JobStatus
+from cxrjobs.backends.base import JobStatus, SubmitPlan
 from cxrjobs.errors import ConfigError, CxrError
 from cxrjobs.jobs.preflight import check_job
 from cxrjobs.jobs.spec import JobSpec

@@ -265,7 +265,6 @@ def tune(job: dict,
     """
     from cxrjobs.jobs import presets
     from cxrjobs.jobs.resolve import resolve_job
-
     from cxrjobs.specs.tune import TuneSpec
 
     tune_doc = dict(job=job_kind, trials=trials, algo=algo, epochs_per_trial=epochs_per_trial,

@@ -188,8 +188,6 @@ def evaluate(spec: EvalSpec, store: ObjectStore, ctx=None, log=log) -> dict:
     return res
 
 
-
-
 def summary_line(res: dict) -> str:
     def fmt(name):
         v, ci = res.get(name), res.get(f"{name}_ci")

@@ -97,7 +97,7 @@ def run_tune(job: JobSpec, store: ObjectStore, hook=None) -> dict:
     cleanup = None
     # Trials run in the driver's working directory, not Ray's per-trial one: a relative dataset
     # path or CXRJOBS_STORE (as a local user gives them) means what it meant at submit time. The
-    # trainable finds its trial directory through Tune's context, not the working directory.
+    # trainable finds its trial directory through Tune (Trainable.logdir), not the working directory.
     os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
     if local:
         cpus = spec.cpus or len(os.sched_getaffinity(0))

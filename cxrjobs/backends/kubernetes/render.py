@@ -16,9 +16,9 @@ Every pod meets the "restricted" Pod Security Standard (see pss.py, which the te
 from __future__ import annotations
 
 from cxrjobs.backends.base import ENTRYPOINT, pod_env
-from cxrjobs.jobs.logmirror import ENV_FLAG as LOG_ENV_FLAG
 from cxrjobs.backends.kubernetes.options import KubeOptions
 from cxrjobs.errors import ConfigError
+from cxrjobs.jobs.logmirror import ENV_FLAG as LOG_ENV_FLAG
 from cxrjobs.jobs.registry import get_kind
 from cxrjobs.jobs.spec import JobSpec
 

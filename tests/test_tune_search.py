@@ -242,8 +242,12 @@ def _evaluate_exported(store, best):
     metrics = [json.loads(x) for x in store.get_text(f"runs/{run}/metrics.jsonl").splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]
     assert min(m["val"]["loss"] for m in metrics) == pytest.approx(best["value"])
+    # The checkpoints record the run's spec, not the trial's local variant of it (its cached copy
+    # of the dataset, its share of the cores): they were exported by plain copying.
+    for name in ("latest.pt", "best.pt"):
+        recorded = json.loads(checkpoint.load(store, f"runs/{run}/checkpoints/{name}")["spec"])
+        assert (recorded["data"], recorded["threads"]) == (job.train.data, job.train.threads), name
     ckpt = checkpoint.load(store, f"runs/{run}/checkpoints/best.pt")
-    assert json.loads(ckpt["spec"])["data"] == job.train.data
     t = Trainer(job.train, Run(store, run), DistContext(0, 1, torch.device("cpu"), None), log=lambda m: None)
     t.model.load_state_dict(ckpt["model"])
     val = t.evaluate("val")

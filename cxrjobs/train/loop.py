@@ -79,8 +79,12 @@ def monitor_value(monitor: str, val: dict) -> float | None:
 
 
 class Trainer:
-    def __init__(self, spec: TrainSpec, run: Run, ctx: DistContext, log=print):
+    def __init__(self, spec: TrainSpec, run: Run, ctx: DistContext, log=print,
+                 recorded_spec: TrainSpec | None = None):
+        """`recorded_spec`: the spec its checkpoints record, when this process trains under a
+        local variant of it (a Tune trial: a cached dataset path, its share of the cores)."""
         self.spec, self.run, self.ctx, self.log = spec, run, ctx, log
+        self.recorded_spec = recorded_spec or spec
         torch.set_num_threads(spec.threads or default_threads(ctx.world_size))
         if spec.deterministic:
             torch.use_deterministic_algorithms(True)
@@ -232,7 +236,7 @@ class Trainer:
                  "epoch": epoch, "rng": checkpoint.rng_state(),
                  "history": json.dumps(self.history), "best_val_loss": self.best_val,
                  "grad_scaler": self.amp.state_dict(),
-                 "spec": self.spec.model_dump_json(), "monitor": self.spec.monitor,
+                 "spec": self.recorded_spec.model_dump_json(), "monitor": self.spec.monitor,
                  "best_monitor": self.best_monitor, **self.input_recipe()}
         store = self.run.store
         checkpoint.save(store, self.run.key("checkpoints/latest.pt"), state)

@@ -73,9 +73,6 @@ def _pick_best(grid, spec: TuneSpec):
 def export_best(result, spec: TuneSpec, tune_id: str, store: ObjectStore) -> tuple[str, dict | None]:
     """Copy the best trial's last checkpoint into runs/<tune-id>-best/ as a normal run; returns
     its id and the validation metrics of its best epoch."""
-    import torch
-
-    from cxrjobs.train import checkpoint
     from cxrjobs.tune.trainable import metric_value
 
     run_id = best_run_id(tune_id)
@@ -92,17 +89,9 @@ def export_best(result, spec: TuneSpec, tune_id: str, store: ObjectStore) -> tup
                 best_val = min(scored, key=lambda h: sign * metric_value(h["val"], spec.metric))["val"]
             best_loss = min(h["val"]["loss"] for h in history)
         for rel in CHECKPOINT_FILES:
-            src = Path(d) / rel
-            if not src.is_file():
-                continue
-            key = join_key("runs", run_id, rel)
-            if rel.endswith(".pt"):
-                # The trial trained on a local copy of the dataset: name the store's dataset.
-                ckpt = torch.load(src, map_location="cpu", weights_only=True)
-                ckpt["spec"] = train.model_dump_json()
-                checkpoint.save(store, key, ckpt)
-            else:
-                store.put_file(key, src)
+            # The trials' checkpoints record the run's spec (TrialTrainable.recorded_spec).
+            if (Path(d) / rel).is_file():
+                store.put_file(join_key("runs", run_id, rel), Path(d) / rel)
     store.put_text(join_key("runs", run_id, "artifacts/result.json"), json.dumps({
         "run": run_id, "epochs": result.metrics.get("epoch"), "best_val_loss": best_loss,
         "tuned_by": tune_id, "trial": _trial_id(result), "metric": spec.metric,
@@ -112,18 +101,27 @@ def export_best(result, spec: TuneSpec, tune_id: str, store: ObjectStore) -> tup
     return run_id, best_val
 
 
-def _plots(spec: TuneSpec, history: list[dict], rows: list[dict], store: ObjectStore, tune_id: str) -> list[str]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+PLOTS = ("metric_vs_time.png", "lineage.png")
+
+
+def plot_keys(tune_id: str, rows: list[dict]) -> list[str]:
+    """Where write_plots puts its plots (none for a search without a single result)."""
+    return [join_key("runs", tune_id, "plots", name) for name in PLOTS] if rows else []
+
+
+def write_plots(spec: TuneSpec, history: list[dict], rows: list[dict], store: ObjectStore, tune_id: str) -> None:
+    """The metric against time per trial, and the exploit lineage. Drawn on matplotlib's
+    object API (no pyplot state), so the driver can draw them while Ray shuts down."""
+    from matplotlib.figure import Figure
 
     trials = sorted({x["trial"] for x in rows})
     if not trials:
-        return []
+        return
+    keys = dict(zip(PLOTS, plot_keys(tune_id, rows)))
     t0 = min(x["time"] for x in rows)
     per = {t: [x for x in rows if x["trial"] == t and _finite(x.get(spec.metric))] for t in trials}
-    keys = []
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig = Figure(figsize=(8, 5))
+    ax = fig.subplots()
     for t in trials:
         ax.plot([x["time"] - t0 for x in per[t]], [x[spec.metric] for x in per[t]], marker=".", label=t)
     for h in history:
@@ -136,10 +134,11 @@ def _plots(spec: TuneSpec, history: list[dict], rows: list[dict], store: ObjectS
     ax.set_title(f"{tune_id}: {spec.algo}, {spec.trials} trials")
     if len(trials) <= 12:
         ax.legend(fontsize=7)
-    keys.append(_save(fig, store, tune_id, "metric_vs_time.png"))
+    _save(fig, store, keys["metric_vs_time.png"])
 
     order = {t: i for i, t in enumerate(trials)}
-    fig, ax = plt.subplots(figsize=(8, max(3, 0.3 * len(trials) + 1.5)))
+    fig = Figure(figsize=(8, max(3, 0.3 * len(trials) + 1.5)))
+    ax = fig.subplots()
     sc = None
     for t in trials:
         sc = ax.scatter([x["epoch"] for x in per[t]], [order[t]] * len(per[t]), c=[x[spec.metric] for x in per[t]],
@@ -154,21 +153,15 @@ def _plots(spec: TuneSpec, history: list[dict], rows: list[dict], store: ObjectS
     ax.set_yticks(range(len(trials)), trials, fontsize=7)
     ax.set_xlabel("epoch (red arrows: exploit, donor -> clone, which continues from the donor's epoch)")
     ax.set_title(f"{tune_id}: exploit lineage ({len(history)} exploits)")
-    keys.append(_save(fig, store, tune_id, "lineage.png"))
-    return keys
+    _save(fig, store, keys["lineage.png"])
 
 
-def _save(fig, store: ObjectStore, tune_id: str, name: str) -> str:
-    import matplotlib.pyplot as plt
-
+def _save(fig, store: ObjectStore, key: str) -> None:
     with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / name
+        path = Path(d) / Path(key).name
         fig.tight_layout()
         fig.savefig(path, dpi=110)
-        plt.close(fig)
-        key = join_key("runs", tune_id, "plots", name)
         store.put_file(key, path)
-    return key
 
 
 def export(grid, spec: TuneSpec, tune_id: str, store: ObjectStore, history: list[dict],
@@ -182,13 +175,12 @@ def export(grid, spec: TuneSpec, tune_id: str, store: ObjectStore, history: list
         w.writerow({k: (json.dumps(v) if isinstance(v, list) else v) for k, v in row.items()})
     store.put_text(join_key(base, "trials.csv"), buf.getvalue())
     store.put_text(join_key(base, "trials.json"), json.dumps(rows, indent=1, default=str))
-    plots = _plots(spec, history, results, store, tune_id)
     best = _pick_best(grid, spec)
     summary = {"run": tune_id, "algo": spec.algo, "metric": spec.metric, "mode": spec.mode,
                "trials": len(rows), "errored": sum(r["status"] == "ERROR" for r in rows),
                "epochs_per_trial": spec.epochs_per_trial, "exploits": len(history),
                "space": list(spec.space or {}),  # the trial table's hyper-parameter columns
-               "wall_seconds": wall_s, "plots": plots, "best": None}
+               "wall_seconds": wall_s, "plots": plot_keys(tune_id, results), "best": None}
     if best is not None:
         run_id, val = export_best(best, spec, tune_id, store)
         summary["best"] = {"trial": _trial_id(best), "value": best.metrics["lineage_best"],

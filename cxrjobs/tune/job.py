@@ -4,12 +4,14 @@ RayJob's entrypoint (RAY_ADDRESS set by KubeRay: it joins that cluster)."""
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import signal
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cxrjobs.config import load_settings
@@ -120,9 +122,13 @@ def run_tune(job: JobSpec, store: ObjectStore, hook=None) -> dict:
     # After ray.init, whose core worker installs its own (fatal) SIGTERM handler.
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, on_term) if main else None
+    # The plots (about a second of matplotlib) are drawn while Ray shuts down (about a second,
+    # most of it waiting for its processes to exit).
+    drawing = ThreadPoolExecutor(1, thread_name_prefix="tune-plots")
+    plots = None
     try:
         # Imported while Ray starts its worker processes (Tune's import takes about a second).
-        from cxrjobs.tune.export import export
+        from cxrjobs.tune.export import export, write_plots
         from cxrjobs.tune.runner import RESULTS_FILE, HistoryLog, run_search
 
         grid = run_search(spec, job.name, settings, cpus=cpus, log=log, hook=hook)
@@ -130,7 +136,14 @@ def run_tune(job: JobSpec, store: ObjectStore, hook=None) -> dict:
             raise CxrError(f"search {job.name} interrupted; its state is saved: resubmit the same "
                            "spec under the same --name to resume it")
         results = store.get_jsonl(f"runs/{job.name}/{RESULTS_FILE}")
-        summary = export(grid, spec, job.name, store, HistoryLog(job.name).load(), results, time.time() - t0)
+        history = HistoryLog(job.name).load()
+        summary = export(grid, spec, job.name, store, history, results, time.time() - t0)
+        # No garbage collection until Ray is down: a collection in the drawing thread could free a
+        # Ray object (an object ref of the result grid) while the core worker shuts down, and the
+        # core worker ends the process when it is reached after its shutdown.
+        gc.collect()
+        gc.disable()
+        plots = drawing.submit(write_plots, spec, history, results, store, job.name)
         best = summary["best"]
         where = f"{store.url}/runs/{job.name}"
         if best is None:  # a search without a single result has no answer: the run fails
@@ -139,16 +152,18 @@ def run_tune(job: JobSpec, store: ObjectStore, hook=None) -> dict:
             raise CxrError(f"search {job.name}: no trial produced a result ({summary['errored']} of "
                            f"{summary['trials']} errored after {spec.max_failures} retries each); first "
                            f"error: {first}; trial table: {where}/trials.csv")
-        log(f"search {job.name} finished: {summary['trials']} trials ({summary['errored']} errored), "
-            f"{summary['exploits']} exploits in {summary['wall_seconds']:.0f}s; "
-            + f"best {spec.metric} {best['value']:.4f} (val split, trial {best['trial']}) exported as run "
-              f"{best['run']}"
-            + f"; artifacts: {where}")
-        return summary
     finally:
         ray.shutdown()
+        drawing.shutdown(wait=True)
+        gc.enable()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         if cleanup is not None:
             shutil.rmtree(cleanup, ignore_errors=True)
             (settings.local_state / job.name / "ray").unlink(missing_ok=True)
+    plots.result()  # a failed plot fails the job, as any other missing artifact would
+    log(f"search {job.name} finished: {summary['trials']} trials ({summary['errored']} errored), "
+        f"{summary['exploits']} exploits in {summary['wall_seconds']:.0f}s; "
+        f"best {spec.metric} {best['value']:.4f} (val split, trial {best['trial']}) exported as run "
+        f"{best['run']}; artifacts: {where}")
+    return summary

@@ -78,6 +78,9 @@ class TrialTrainable(tune.Trainable):
         self.config = new_config
         self.tspec = self.spec.trial_train_spec(new_config, data=str(self.data), threads=self.threads,
                                                 evaluate_test=False)
+        # What its checkpoints record: the store's dataset, not this node's cache of it, so the
+        # best trial's files export as a run by plain copying.
+        self.recorded_spec = self.spec.trial_train_spec(new_config)
         self.scratch = Path(self.logdir) / "run"
         shutil.rmtree(self.scratch, ignore_errors=True)  # a previous config's files are never resumed
         self.run_dir = self.scratch / "runs" / TRIAL_RUN
@@ -100,7 +103,8 @@ class TrialTrainable(tune.Trainable):
 
         device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
         self.trainer = Trainer(self.tspec, Run(LocalStore(self.scratch), TRIAL_RUN),
-                               DistContext(0, 1, device, None), log=log).begin()
+                               DistContext(0, 1, device, None), log=log,
+                               recorded_spec=self.recorded_spec).begin()
 
     def step(self) -> dict:
         if self.trainer is None:

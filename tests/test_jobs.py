@@ -349,3 +349,27 @@ def test_evaluate_and_tune_are_checked_at_submit(local_env, phantom_nih_64):
         api.submit(job, "local")
     for name in ("ev-missing-run", "ev-missing-data", "tune-missing-data"):
         assert not local_env.exists(f"runs/{name}/spec.json")  # nothing was recorded or started
+
+
+def test_a_dataset_named_as_preprocess_names_it(local_env, phantom_nih_64):
+    """`data preprocess --out store://datasets/NAME` makes a dataset that every job takes as
+    `--data store://datasets/NAME` too (the same key as `datasets/NAME`); an s3:// URL or an
+    empty name is refused at submit, naming the field and what to give instead."""
+    import shutil
+
+    import pytest
+
+    from cxrjobs.errors import ConfigError
+    from cxrjobs.jobs.preflight import check_job
+    from cxrjobs.jobs.resolve import resolve_job
+
+    shutil.copytree(phantom_nih_64, local_env.root / "datasets" / "ph")
+    job = resolve_job("tune", None, {"name": "t", "tune": {"job": "train", "train": {"data": "store://datasets/ph/"}}})
+    assert job.tune.train.data == "datasets/ph"
+    check_job(job, local_env)  # the manifest is found under the key
+    job = resolve_job("evaluate", None, {"name": "e", "evaluate": {"run": "r", "data": "store://datasets/ph"}})
+    assert job.evaluate.data == "datasets/ph"
+    for data, says in (("s3://bucket/datasets/ph", "set CXRJOBS_STORE=s3://BUCKET"), ("store://", "names nothing")):
+        with pytest.raises(ConfigError, match=r"train\.data") as e:
+            resolve_job("nih-train", None, {"name": "n", "train": {"data": data}})
+        assert says in str(e.value)

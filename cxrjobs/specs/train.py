@@ -23,6 +23,20 @@ def known_monitor(name: str, what: str = "monitor") -> str:
     return name
 
 
+def dataset_ref(v: str) -> str:
+    """A dataset given as `preprocess --out` names it: store://datasets/NAME means the key
+    datasets/NAME of the configured store (the form every job takes); a local folder stays as is."""
+    if v.startswith("store://"):
+        key = v[len("store://"):].strip("/")
+        if not key:
+            raise ValueError(f"{v!r} names nothing in the store: use store://datasets/NAME")
+        return key
+    if v.startswith("s3://"):
+        raise ValueError(f"{v!r}: datasets are read from the configured store; set CXRJOBS_STORE="
+                         "s3://BUCKET[/PREFIX] and give the dataset as datasets/NAME or store://datasets/NAME")
+    return v
+
+
 class Augment(BaseModel):
     """The paper's augmentation, applied on the train split only."""
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -35,7 +49,7 @@ class Augment(BaseModel):
 class TrainSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    data: str = Field(description="dataset: a key prefix in the store (datasets/NAME) or a local folder")
+    data: str = Field(description="dataset: a key prefix in the store (datasets/NAME or store://datasets/NAME) or a local folder")
     model: Literal[MODEL_NAMES] = "smallcnn"  # type: ignore[valid-type]
     image_size: int | None = Field(None, ge=16, description="must match the dataset; default: the dataset's")
     objective: Literal["multilabel", "multiclass"] = "multilabel"
@@ -78,6 +92,11 @@ class TrainSpec(BaseModel):
     @classmethod
     def _known_monitor(cls, v: str) -> str:
         return known_monitor(v)
+
+    @field_validator("data")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        return dataset_ref(v)
 
     @field_validator("freeze", mode="before")
     @classmethod

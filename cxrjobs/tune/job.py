@@ -16,6 +16,7 @@ from pathlib import Path
 
 from cxrjobs.config import load_settings
 from cxrjobs.errors import CxrError
+from cxrjobs.headline import headline
 from cxrjobs.jobs.spec import JobSpec
 from cxrjobs.storage import ObjectStore
 
@@ -163,7 +164,8 @@ def run_tune(job: JobSpec, store: ObjectStore, hook=None) -> dict:
             (settings.local_state / job.name / "ray").unlink(missing_ok=True)
     plots.result()  # a failed plot fails the job, as any other missing artifact would
     log(f"search {job.name} finished: {summary['trials']} trials ({summary['errored']} errored), "
-        f"{summary['exploits']} exploits in {summary['wall_seconds']:.0f}s; "
-        f"best {spec.metric} {best['value']:.4f} (val split, trial {best['trial']}) exported as run "
-        f"{best['run']}; artifacts: {where}")
+        f"{summary['exploits']} exploits in {summary['wall_seconds']:.0f}s; best {spec.metric} "
+        f"{best['value']:.4f} on the val split (trial {best['trial']}"
+        + (f"; that epoch: {headline(best['val'])}" if best.get("val") else "")
+        + f") exported as run {best['run']}; artifacts: {where}")
     return summary

@@ -113,6 +113,7 @@ def write_plots(spec: TuneSpec, history: list[dict], rows: list[dict], store: Ob
     """The metric against time per trial, and the exploit lineage. Drawn on matplotlib's
     object API (no pyplot state), so the driver can draw them while Ray shuts down."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     trials = sorted({x["trial"] for x in rows})
     if not trials:
@@ -151,6 +152,7 @@ def write_plots(spec: TuneSpec, history: list[dict], rows: list[dict], store: Ob
     if sc is not None:
         fig.colorbar(sc, ax=ax, label=spec.metric)
     ax.set_yticks(range(len(trials)), trials, fontsize=7)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs, not 1.25
     ax.set_xlabel("epoch (red arrows: exploit, donor -> clone, which continues from the donor's epoch)")
     ax.set_title(f"{tune_id}: exploit lineage ({len(history)} exploits)")
     _save(fig, store, keys["lineage.png"])

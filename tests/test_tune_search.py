@@ -307,9 +307,15 @@ def test_relative_dataset_paths_and_a_search_without_any_result(phantom_covid_32
     assert json.loads(ray_env.get_text("runs/none/trials.json"))[0]["status"] == "ERROR"
 
 
-def test_interrupted_search_resumes_without_rerunning_finished_trials(phantom_covid_32, ray_env):
+def test_interrupted_search_resumes_without_rerunning_finished_trials(phantom_covid_32, ray_env, tmp_path,
+                                                                    monkeypatch):
+    """Also: with RAY_AUTH_MODE unset, as a user has it, the local Ray uses token authentication
+    (its token under HOME) and says nothing about it."""
     from cxrjobs import api
     from cxrjobs.backends import get_backend
+
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    monkeypatch.setenv("HOME", str(tmp_path))  # where Ray keeps its token (~/.ray/auth_token)
 
     # Trials long enough (sequential, 6 epochs each) that the cancel lands while one is running.
     epochs = 6
@@ -343,6 +349,7 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(phantom_co
     log = "".join(be.logs("resume"))
     assert final.state == "Succeeded", log[-3000:]
     assert "resuming the search" in log
+    assert (tmp_path / ".ray" / "auth_token").is_file() and "Token authentication" not in log
     rows = _rows(ray_env, "resume")
     assert rows[:len(before)] == before
     for trial in {r["trial"] for r in rows}:

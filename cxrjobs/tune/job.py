@@ -5,6 +5,7 @@ RayJob's entrypoint (RAY_ADDRESS set by KubeRay: it joins that cluster)."""
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import shutil
 import signal
@@ -24,6 +25,21 @@ from cxrjobs.storage import ObjectStore
 # 107 bytes: a longer state directory gets a short temp dir, linked from the state directory.
 MAX_TEMP_DIR = 36
 START_ATTEMPTS = 3
+
+
+class _TokenAuthNotice(logging.Filter):
+    """With RAY_AUTH_MODE unset, a new local Ray uses token authentication (a token kept in
+    ~/.ray/auth_token, made on first use), and says so at every start. That default is kept: it
+    guards the local Ray against other users of a shared machine. Only the notice is dropped.
+    (RAY_AUTH_MODE=token set by us instead would skip the token's creation, and Ray's GCS would
+    then fail on a machine without one.)"""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Token authentication is enabled for this Ray cluster")
+
+
+RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+TOKEN_AUTH_NOTICE = _TokenAuthNotice()
 
 
 def log(msg: str) -> None:
@@ -88,6 +104,7 @@ def run_tune(job: JobSpec, store: ObjectStore, hook=None) -> dict:
     local = not os.environ.get("RAY_ADDRESS")
     if local:
         loopback_only()
+        logging.getLogger(RAY_AUTH_LOGGER).addFilter(TOKEN_AUTH_NOTICE)
     import ray
 
     interrupted = threading.Event()

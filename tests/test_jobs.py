@@ -373,3 +373,38 @@ def test_a_dataset_named_as_preprocess_names_it(local_env, phantom_nih_64):
         with pytest.raises(ConfigError, match=r"train\.data") as e:
             resolve_job("nih-train", None, {"name": "n", "train": {"data": data}})
         assert says in str(e.value)
+
+
+def test_a_search_given_where_a_trained_model_is_expected_names_its_best_run(local_env, phantom_nih_64):
+    """evaluate, predict and transfer --from given a tune search's id say which run holds its
+    best trial (or that it has none yet), at submit where there is a submit."""
+    import json
+
+    import pytest
+
+    from cxrjobs.errors import ConfigError, CxrError
+    from cxrjobs.eval.predict import load_run
+    from cxrjobs.jobs.preflight import check_job
+    from cxrjobs.jobs.resolve import resolve_job
+    from cxrjobs.train.transfer import locate_weights
+
+    local_env.put_text("runs/srch/spec.json", json.dumps({"kind": "tune", "name": "srch"}))
+    evaluate = resolve_job("evaluate", None, {"name": "e", "evaluate": {"run": "srch", "data": str(phantom_nih_64)}})
+    transfer = resolve_job("nih-train", None, {"name": "t", "train": {"data": str(phantom_nih_64), "init_from": "srch"}})
+    unfinished = "srch is a hyper-parameter search, not a trained model: its best trial becomes a run"
+    for check in (lambda: check_job(evaluate, local_env), lambda: check_job(transfer, local_env)):
+        with pytest.raises(ConfigError, match=unfinished):
+            check()
+    local_env.put_text("runs/srch/artifacts/result.json", json.dumps({"best": {"run": "srch-best"}}))
+    finished = "srch is a hyper-parameter search, not a trained model: give its best trial's run, srch-best"
+    with pytest.raises(ConfigError, match=r"evaluate\.run: " + finished):
+        check_job(evaluate, local_env)
+    with pytest.raises(ConfigError, match=r"train\.init_from: " + finished):
+        check_job(transfer, local_env)
+    for use in (lambda: load_run(local_env, "srch"), lambda: locate_weights("srch", local_env)):
+        with pytest.raises(CxrError, match=finished):
+            use()
+    # Any other unfinished run keeps its own message.
+    local_env.put_text("runs/plain/spec.json", json.dumps({"kind": "train", "name": "plain"}))
+    with pytest.raises(CxrError, match="let it finish first"):
+        locate_weights("plain", local_env)

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from cxrjobs.data.shards import passthrough
 from cxrjobs.errors import CxrError
 from cxrjobs.storage import ObjectStore, join_key
+from cxrjobs.storage.runs import search_note
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 
@@ -162,7 +163,8 @@ def load_run(store: ObjectStore, run: str, device: torch.device | str = "cpu") -
     key = join_key("runs", run, "checkpoints", "best.pt")
     ckpt = checkpoint.load(store, key)
     if ckpt is None:
-        raise CxrError(f"run {run}: no best checkpoint at {store.url}/{key}; is the run finished "
+        note = search_note(store, run)
+        raise CxrError(note or f"run {run}: no best checkpoint at {store.url}/{key}; is the run finished "
                        "(`cxrjobs status RUN`) and the store the one it used (CXRJOBS_STORE)?")
     spec: dict = {}
     if ckpt.get("spec"):

@@ -11,9 +11,10 @@ import os
 from pathlib import Path
 
 from cxrjobs.errors import ConfigError, CxrError
-from cxrjobs.jobs.spec import JobSpec
+from cxrjobs.jobs.spec import NAME_RE, JobSpec
 from cxrjobs.specs.train import TrainSpec
 from cxrjobs.storage import ObjectStore, join_key
+from cxrjobs.storage.runs import search_note
 
 
 def _manifest(data: str, store: ObjectStore, field: str) -> dict:
@@ -39,7 +40,19 @@ def _manifest(data: str, store: ObjectStore, field: str) -> dict:
         raise ConfigError(f"{field}: {where} is not valid JSON ({e}); preprocess the dataset again") from None
 
 
+def _check_init_from(ref: str, store: ObjectStore, field: str) -> None:
+    """A run named as the weights to start from must have finished (the replica would find out
+    only after it started). Files and store keys are checked where they are read."""
+    if not NAME_RE.match(ref) or store.exists(join_key("runs", ref, "checkpoints", "best.pt")):
+        return
+    if store.exists(join_key("runs", ref, "spec.json")):
+        raise ConfigError(f"{field}: " + (search_note(store, ref) or f"run {ref} has no best.pt in "
+                          f"{store.url} yet: let it finish first (`cxrjobs status {ref}`)"))
+
+
 def check_train(spec: TrainSpec, store: ObjectStore, field: str = "train") -> None:
+    if spec.init_from:
+        _check_init_from(spec.init_from, store, f"{field}.init_from")
     manifest = _manifest(spec.data, store, f"{field}.data")
     size = manifest.get("image_size")
     if spec.image_size is not None and size is not None and int(size) != spec.image_size:
@@ -58,7 +71,9 @@ def check_job(job: JobSpec, store: ObjectStore) -> None:
         _manifest(ev.data, store, "evaluate.data")
         best = join_key("runs", ev.run, "checkpoints", "best.pt")
         if not store.exists(best):
-            raise ConfigError(f"evaluate.run: no trained run {ev.run!r} in store {store.url} (expected "
+            note = search_note(store, ev.run)
+            raise ConfigError(f"evaluate.run: {note}" if note else
+                              f"evaluate.run: no trained run {ev.run!r} in store {store.url} (expected "
                               f"{best}); is it finished (`cxrjobs status {ev.run}`)?")
     if job.preprocess is not None:
         try:

@@ -18,6 +18,7 @@ from torch import nn
 from cxrjobs.errors import CxrError, StoreError
 from cxrjobs.models import HEADS, freeze_prefixes, is_head, load_state_checked, under
 from cxrjobs.storage import ObjectStore, join_key
+from cxrjobs.storage.runs import search_note
 
 BEST = "checkpoints/best.pt"
 
@@ -39,8 +40,8 @@ def locate_weights(ref: str, store: ObjectStore) -> tuple[str, str]:
     if NAME_RE.match(ref) and store.exists(join_key("runs", ref, BEST)):
         return "run", join_key("runs", ref, BEST)
     if NAME_RE.match(ref) and store.exists(join_key("runs", ref, "spec.json")):
-        raise CxrError(f"run {ref} has no {BEST} in {store.url} yet: let it finish first "
-                       f"(`cxrjobs status {ref}`)")
+        raise CxrError(search_note(store, ref) or f"run {ref} has no {BEST} in {store.url} yet: let it "
+                       f"finish first (`cxrjobs status {ref}`)")
     key = _store_key(ref, store)
     if key is not None:
         try:

@@ -1,0 +1,27 @@
+"""What a run id names, read from the run's records in the store (JSON only: light)."""
+
+from __future__ import annotations
+
+import json
+
+from cxrjobs.storage.base import ObjectStore, join_key
+
+
+def search_note(store: ObjectStore, run: str) -> str | None:
+    """For a hyper-parameter search given where a trained model is expected (predict, evaluate,
+    transfer --from): which run holds its best trial. None for any other run."""
+    try:
+        spec = json.loads(store.get_text(join_key("runs", run, "spec.json")))
+    except Exception:  # no such run, or not a run's record: the caller's own message applies
+        return None
+    if spec.get("kind") != "tune":
+        return None
+    try:
+        best = (json.loads(store.get_text(join_key("runs", run, "artifacts", "result.json"))).get("best")
+                or {}).get("run")
+    except Exception:
+        best = None
+    if best:
+        return f"{run} is a hyper-parameter search, not a trained model: give its best trial's run, {best}"
+    return (f"{run} is a hyper-parameter search, not a trained model: its best trial becomes a run "
+            f"when the search finishes with a result (`cxrjobs status {run}`)")

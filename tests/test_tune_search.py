@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 
 import pytest
@@ -352,6 +353,7 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(phantom_co
     log = "".join(be.logs("resume"))
     assert final.state == "Succeeded", log[-3000:]
     assert "resuming the search" in log
+    assert re.search(r"search resume finished: .* in \d+s since it resumed;", log), log[-2000:]
     assert (tmp_path / ".ray" / "auth_token").is_file() and "Token authentication" not in log
     rows = _rows(ray_env, "resume")
     assert rows[:len(before)] == before

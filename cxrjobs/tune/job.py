@@ -180,8 +180,10 @@ def run_tune(job: JobSpec, store: ObjectStore, hook=None) -> dict:
             shutil.rmtree(cleanup, ignore_errors=True)
             (settings.local_state / job.name / "ray").unlink(missing_ok=True)
     plots.result()  # a failed plot fails the job, as any other missing artifact would
+    # A resumed search: the wall time is this attempt's; earlier attempts' results are older.
+    resumed = " since it resumed" if any(r.get("time", t0) < t0 for r in results) else ""
     log(f"search {job.name} finished: {summary['trials']} trials ({summary['errored']} errored), "
-        f"{summary['exploits']} exploits in {summary['wall_seconds']:.0f}s; best {spec.metric} "
+        f"{summary['exploits']} exploits in {summary['wall_seconds']:.0f}s{resumed}; best {spec.metric} "
         f"{best['value']:.4f} on the val split (trial {best['trial']}"
         + (f"; that epoch: {headline(best['val'])}" if best.get("val") else "")
         + f") exported as run {best['run']}; artifacts: {where}")

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from cxrjobs.procfs import all_stat_fields, descendants
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
@@ -63,19 +65,8 @@ class TreeCPU:
         self.thread.start()
 
     def _sample(self) -> None:
-        stats = {}
-        for d in os.listdir("/proc"):
-            if d.isdigit():
-                try:
-                    with open(f"/proc/{d}/stat") as f:
-                        stats[int(d)] = f.read().rsplit(")", 1)[1].split()
-                except OSError:
-                    pass
-        tree, frontier = {self.root}, {self.root}
-        while frontier:
-            frontier = {p for p, st in stats.items() if int(st[1]) in frontier} - tree
-            tree |= frontier
-        for p in tree & stats.keys():
+        stats = all_stat_fields()
+        for p in (descendants(self.root, stats) | {self.root}) & stats.keys():
             st = stats[p]
             self.seen[p] = (int(st[11]) + int(st[12])) / self.tick  # utime + stime
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from cxrjobs.jobs.spec import JobSpec
+from cxrjobs.procfs import descendants
 from cxrjobs.storage import join_key
 
 pytestmark = pytest.mark.slow
@@ -30,22 +31,6 @@ def ray_env(local_env, monkeypatch):
 
 def _job(name, data, **tune):
     return JobSpec(kind="tune", name=name, tune={"job": "train", "train": {"data": str(data), **TRAIN}, **tune})
-
-
-def _descendants(pid: int) -> set[int]:
-    parents = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    parents[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {c for c, p in parents.items() if p in frontier} - found
-        found |= frontier
-    return found
 
 
 def _listening(pids: set[int]) -> set[str]:
@@ -84,7 +69,7 @@ class ListenWatch:
 
     def _run(self):
         while not self.stop.is_set():
-            self.seen |= _listening(_descendants(os.getpid()) | {os.getpid()})
+            self.seen |= _listening(descendants(os.getpid()) | {os.getpid()})
             self.stop.wait(0.5)
 
     def __enter__(self):
@@ -336,12 +321,12 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(phantom_co
                 break
         time.sleep(0.5)
     pid = be.status("resume").extra["pids"][0]
-    ray_procs = _descendants(pid)
+    ray_procs = descendants(pid)
     assert be.cancel("resume").state == "Cancelled"
     deadline = time.monotonic() + 30
-    while ray_procs & _descendants(1) and time.monotonic() < deadline:
+    while ray_procs & descendants(1) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not ray_procs & _descendants(1), "Ray processes left after cancel"
+    assert not ray_procs & descendants(1), "Ray processes left after cancel"
     before = _rows(ray_env, "resume")
     # Finished: its last epoch's checkpoint was registered before the cancel. A last epoch reported
     # but not yet checkpointed is the cut trial's: it resumes from the epoch before.

@@ -30,6 +30,7 @@ from cxrjobs.config import SECRET_ENV, Settings, load_settings
 from cxrjobs.errors import ConfigError, CxrError
 from cxrjobs.jobs.registry import get_kind
 from cxrjobs.jobs.spec import JobSpec, check_run_name
+from cxrjobs.procfs import all_stat_fields, stat_fields
 from cxrjobs.storage.local import atomic_write_bytes
 
 # What a container image would provide besides the job's own variables.
@@ -48,18 +49,9 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name (field 3, the state, comes first)."""
-    try:
-        with open(f"/proc/{int(pid)}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def proc_start_time(pid: int) -> int | None:
     """Start time of a process in clock ticks since boot (field 22 of /proc/<pid>/stat)."""
-    f = _stat_fields(pid)
+    f = stat_fields(pid)
     return int(f[19]) if f else None
 
 
@@ -67,7 +59,7 @@ def pid_alive(pid: int | None, start: int | None = None) -> bool:
     """Running (not a zombie), and when `start` is given, still the process started then."""
     if not pid:
         return False
-    f = _stat_fields(pid)
+    f = stat_fields(pid)
     if f is None or f[0] in ("Z", "X"):  # gone, or exited and not yet reaped
         return False
     return start is None or int(f[19]) == int(start)
@@ -248,15 +240,14 @@ class LocalBackend(Backend):
         except (OSError, ValueError, AttributeError, TypeError):
             pass
         if sup:
-            for entry in os.scandir("/proc"):
-                if not entry.name.isdigit() or int(entry.name) in found:
+            for pid, f in all_stat_fields().items():
+                if pid in found:
                     continue
-                f = _stat_fields(int(entry.name))
                 # field 5 is the process group; a group id is never reused while the group lives,
                 # and a member started no earlier than the supervisor that created the group
-                if (f and f[0] not in ("Z", "X") and int(f[2]) == sup[0] and int(f[19]) >= sup[1]
-                        and _run_of(int(entry.name)) == run):
-                    found[int(entry.name)] = int(f[19])
+                if (f[0] not in ("Z", "X") and int(f[2]) == sup[0] and int(f[19]) >= sup[1]
+                        and _run_of(pid) == run):
+                    found[pid] = int(f[19])
         return sorted(found.items())
 
     def cancel(self, run: str) -> JobStatus:

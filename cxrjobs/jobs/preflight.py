@@ -14,7 +14,7 @@ from cxrjobs.errors import ConfigError, CxrError
 from cxrjobs.jobs.spec import NAME_RE, JobSpec
 from cxrjobs.specs.train import TrainSpec
 from cxrjobs.storage import ObjectStore, join_key
-from cxrjobs.storage.runs import search_note
+from cxrjobs.storage.runs import search_note, unfinished_note
 
 
 def _manifest(data: str, store: ObjectStore, field: str) -> dict:
@@ -40,19 +40,12 @@ def _manifest(data: str, store: ObjectStore, field: str) -> dict:
         raise ConfigError(f"{field}: {where} is not valid JSON ({e}); preprocess the dataset again") from None
 
 
-def _check_init_from(ref: str, store: ObjectStore, field: str) -> None:
-    """A run named as the weights to start from must have finished (the replica would find out
-    only after it started). Files and store keys are checked where they are read."""
-    if not NAME_RE.match(ref) or store.exists(join_key("runs", ref, "checkpoints", "best.pt")):
-        return
-    if store.exists(join_key("runs", ref, "spec.json")):
-        raise ConfigError(f"{field}: " + (search_note(store, ref) or f"run {ref} has no best.pt in "
-                          f"{store.url} yet: let it finish first (`cxrjobs status {ref}`)"))
-
-
 def check_train(spec: TrainSpec, store: ObjectStore, field: str = "train") -> None:
-    if spec.init_from:
-        _check_init_from(spec.init_from, store, f"{field}.init_from")
+    # A run named as the weights to start from must have finished (the replica would find out
+    # only after it started). Files and store keys are checked where they are read.
+    note = unfinished_note(store, spec.init_from) if spec.init_from and NAME_RE.match(spec.init_from) else None
+    if note:
+        raise ConfigError(f"{field}.init_from: {note}")
     manifest = _manifest(spec.data, store, f"{field}.data")
     size = manifest.get("image_size")
     if spec.image_size is not None and size is not None and int(size) != spec.image_size:

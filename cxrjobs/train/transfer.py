@@ -18,7 +18,7 @@ from torch import nn
 from cxrjobs.errors import CxrError, StoreError
 from cxrjobs.models import HEADS, freeze_prefixes, is_head, load_state_checked, under
 from cxrjobs.storage import ObjectStore, join_key
-from cxrjobs.storage.runs import search_note
+from cxrjobs.storage.runs import unfinished_note
 
 BEST = "checkpoints/best.pt"
 
@@ -37,11 +37,12 @@ def _store_key(ref: str, store: ObjectStore) -> str | None:
 def locate_weights(ref: str, store: ObjectStore) -> tuple[str, str]:
     """("run", key) | ("key", key) | ("file", path) for a run id, store key, s3:// URL or path."""
     from cxrjobs.jobs.spec import NAME_RE
-    if NAME_RE.match(ref) and store.exists(join_key("runs", ref, BEST)):
-        return "run", join_key("runs", ref, BEST)
-    if NAME_RE.match(ref) and store.exists(join_key("runs", ref, "spec.json")):
-        raise CxrError(search_note(store, ref) or f"run {ref} has no {BEST} in {store.url} yet: let it "
-                       f"finish first (`cxrjobs status {ref}`)")
+    if NAME_RE.match(ref):
+        if store.exists(join_key("runs", ref, BEST)):
+            return "run", join_key("runs", ref, BEST)
+        note = unfinished_note(store, ref)
+        if note:
+            raise CxrError(note)
     key = _store_key(ref, store)
     if key is not None:
         try:

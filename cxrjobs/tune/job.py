@@ -19,6 +19,7 @@ from cxrjobs.config import load_settings
 from cxrjobs.errors import CxrError
 from cxrjobs.headline import headline
 from cxrjobs.jobs.spec import JobSpec
+from cxrjobs.procfs import all_stat_fields
 from cxrjobs.storage import ObjectStore
 
 # Ray's unix socket paths (<temp>/session_<date>_<pid>/sockets/plasma_store) must stay under
@@ -71,17 +72,17 @@ def ray_temp_dir(state_dir: Path) -> tuple[Path, Path | None]:
 def stop_leftovers(temp: Path, grace: float = 5.0) -> None:
     """End the Ray processes this process started under `temp` that a failed ray.init left
     running (ray.shutdown cannot reach a node that never finished starting)."""
-    me, mine = str(os.getpid()), []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+    me, mine = os.getpid(), []
+    for pid, fields in all_stat_fields().items():
+        if int(fields[1]) != me:
+            continue
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                ppid = f.read().rsplit(")", 1)[1].split()[1]
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmd = f.read().decode(errors="replace")
         except OSError:
             continue
-        if ppid == me and str(temp) in cmd:
-            mine.append(int(pid))
+        if str(temp) in cmd:
+            mine.append(pid)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in mine:
             try:

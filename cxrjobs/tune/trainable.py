@@ -16,7 +16,6 @@ exploit cost a new process (imports, dataset, model) and a thrown-away part of a
 
 from __future__ import annotations
 
-import hashlib
 import math
 import shutil
 import time
@@ -30,13 +29,12 @@ CHECKPOINT_FILES = ("checkpoints/latest.pt", "checkpoints/best.pt", "metrics.jso
 TRIAL_RUN = "trial"
 
 
-def state_digest(state: dict) -> str:
-    """sha256 of a model state dict (the same bytes as checkpoint.weights_digest of the model)."""
-    h = hashlib.sha256()
-    for name, t in sorted(state.items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+def copy_run_files(src: Path, dst: Path) -> None:
+    """The CHECKPOINT_FILES that `src` (a run directory or a Tune checkpoint) holds, into `dst`."""
+    for rel in CHECKPOINT_FILES:
+        if (src / rel).is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src / rel, dst / rel)
 
 
 def metric_value(val: dict, metric: str) -> float:
@@ -107,12 +105,14 @@ class TrialTrainable(tune.Trainable):
                                recorded_spec=self.recorded_spec).begin()
 
     def step(self) -> dict:
+        from cxrjobs.train.checkpoint import weights_digest
+
         if self.trainer is None:
             self._start_trainer()
         t = self.trainer
         restored = {}
         if self.restored:  # what this epoch starts from, read from the resumed Trainer
-            restored = {"restored_epoch": t.epoch, "restored_digest": state_digest(t.model.state_dict())}
+            restored = {"restored_epoch": t.epoch, "restored_digest": weights_digest(t.model)}
             self.restored = False
         if self.hook is not None:
             self.hook(self)
@@ -128,7 +128,7 @@ class TrialTrainable(tune.Trainable):
             "weight_decay": g["weight_decay"],
             "step_size": t.sched.step_size if t.sched else None,
             "gamma": t.sched.gamma if t.sched else None,
-            "weights": state_digest(t.model.state_dict()),
+            "weights": weights_digest(t.model),
             # Every epoch is a Tune checkpoint: a retry or an exploit starts from the last one.
             "should_checkpoint": True, "done": t.epoch >= self.tspec.epochs,
             **restored,
@@ -144,19 +144,11 @@ class TrialTrainable(tune.Trainable):
         storage = self._storage
         if storage is not None:
             storage.current_checkpoint_index = max(storage.current_checkpoint_index, time.time_ns() // 1_000_000 - 1)
-        for rel in CHECKPOINT_FILES:
-            src = self.run_dir / rel
-            if src.is_file():
-                (Path(checkpoint_dir) / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, Path(checkpoint_dir) / rel)
+        copy_run_files(self.run_dir, Path(checkpoint_dir))
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
         shutil.rmtree(self.scratch, ignore_errors=True)
-        for rel in CHECKPOINT_FILES:
-            src = Path(checkpoint_dir) / rel
-            if src.is_file():
-                (self.run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, self.run_dir / rel)
+        copy_run_files(Path(checkpoint_dir), self.run_dir)
         self.trainer = None  # the next step resumes a Trainer from these files
         self.restored = True
 

@@ -139,3 +139,15 @@ def test_a_failed_ray_start_leaves_no_process_behind(tmp_path):
     finally:
         other.kill()
         other.wait()
+
+
+def test_a_local_search_never_uses_more_cpus_than_the_machine_gives_it(monkeypatch):
+    """--cpus above the cores this process may run on would give each trial more torch threads
+    than there are cores: it is capped, and the log says so."""
+    from cxrjobs.tune.job import local_cpus
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    said = []
+    assert local_cpus(None, said.append) == 2 and local_cpus(1, said.append) == 1 and not said
+    assert local_cpus(64, said.append) == 2
+    assert said == ["--cpus 64: this machine gives the job 2 core(s); using 2"]

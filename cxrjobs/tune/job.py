@@ -69,6 +69,15 @@ def ray_temp_dir(state_dir: Path) -> tuple[Path, Path | None]:
     return short, short
 
 
+def local_cpus(asked: int | None, log=print) -> int:
+    """The CPUs a local search uses: --cpus, at most the cores this process may run on (more
+    would give each trial more torch threads than there are cores)."""
+    have = len(os.sched_getaffinity(0))
+    if asked and asked > have:
+        log(f"--cpus {asked}: this machine gives the job {have} core(s); using {have}")
+    return min(asked, have) if asked else have
+
+
 def stop_leftovers(temp: Path, grace: float = 5.0) -> None:
     """End the Ray processes this process started under `temp` that a failed ray.init left
     running (ray.shutdown cannot reach a node that never finished starting)."""
@@ -121,7 +130,7 @@ def run_tune(job: JobSpec, store: ObjectStore, hook=None) -> dict:
     # trainable finds its trial directory through Tune (Trainable.logdir), not the working directory.
     os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
     if local:
-        cpus = spec.cpus or len(os.sched_getaffinity(0))
+        cpus = local_cpus(spec.cpus, log)
         temp, cleanup = ray_temp_dir(settings.local_state / job.name)
         for attempt in range(1, START_ATTEMPTS + 1):
             try:

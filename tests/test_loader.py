@@ -103,15 +103,16 @@ def test_batches_identical_to_the_previous_code_path(tmp_path, size):
         batches.append(list(loader))
     assert len(batches[0]) == 5  # 33 images: 4 full batches and a short one
     buf = None
-    for aug in AUGMENTS:
+    for aug, consume in [(aug, consume) for aug in AUGMENTS for consume in (False, True)]:
         gen_new, gen_old = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
         for (x, y), (x0, y0) in zip(*batches):
             assert x.dtype == torch.uint8 and torch.equal(x, x0) and torch.equal(y, y0)
-            before = x.clone()
-            out = prepare(x, aug, gen_new, out=buf)
+            x = x.clone()  # consume=True may flip samples inside it
+            out = prepare(x, aug, gen_new, out=buf, consume=consume)
             ref = oracle_prepare(x0, aug, gen_old)
-            assert torch.equal(out, ref), (size, aug, (out - ref).abs().max())
-            assert torch.equal(x, before)  # the uint8 batch is not modified
+            assert torch.equal(out, ref), (size, aug, consume, (out - ref).abs().max())
+            if not consume:
+                assert torch.equal(x, x0)  # the uint8 batch is not modified
             if aug is None or not aug.rotation:  # (rotation returns a new tensor)
                 if buf is not None and len(x) <= len(buf):
                     assert out.data_ptr() == buf.data_ptr()  # written into the reused buffer
@@ -141,3 +142,19 @@ def test_device_path_computes_the_same_values(aug):
     transforms._normalize_cpu(x, h, v, scale, a)
     transforms._normalize_device(x, h, v, scale, b)
     assert torch.equal(a, b)
+
+
+def test_host_batches_are_page_aligned(tmp_path):
+    """The uint8 batches and the CPU float buffer start on a page (cxrjobs.data.hostmem), so
+    huge-page backing and aligned vector stores apply from their first byte."""
+    from cxrjobs.data import hostmem
+
+    for shape, dtype in [((3, 1, 5, 7), np.uint8), ((64, 1, 512, 512), np.float32)]:
+        a = hostmem.empty(shape, dtype)
+        assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
+        assert a.ctypes.data % hostmem.PAGE == 0
+    ds = ShardDataset(write_shards(tmp_path, 32), "train")
+    x, _y = ds.__getitems__([0, 3, 1])
+    assert x.data_ptr() % hostmem.PAGE == 0
+    out = prepare(x, Augment(), torch.Generator().manual_seed(0), consume=True)
+    assert out.data_ptr() % hostmem.PAGE == 0 and out.dtype == torch.float32

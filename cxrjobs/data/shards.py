@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from cxrjobs.data import hostmem
 from cxrjobs.errors import DataError
 
 Objective = Literal["multilabel", "multiclass"]
@@ -93,7 +94,7 @@ class ShardDataset(Dataset):
 
     def __getitems__(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         idx = np.asarray(indices, dtype=np.int64)
-        out = np.empty((len(idx), 1, self.image_size, self.image_size), dtype=np.uint8)
+        out = hostmem.empty((len(idx), 1, self.image_size, self.image_size), np.uint8)
         shards = self.shard[idx]
         for k in np.unique(shards):
             where = np.nonzero(shards == k)[0]

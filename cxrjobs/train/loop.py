@@ -154,20 +154,21 @@ class Trainer:
 
     # -- one optimisation step over a rank's share of a global batch ---------------------------
     def prepare(self, x: torch.Tensor, aug=None, gen: torch.Generator | None = None,
-                purpose: str = "train") -> torch.Tensor:
+                purpose: str = "train", consume: bool = False) -> torch.Tensor:
         """uint8 batch (pinned when the device is a GPU) -> normalised float batch on the device.
         On the CPU the float batch is written into a buffer reused by the next call of the same
-        purpose, so it must be consumed (forward and backward) before then."""
+        purpose, so it must be consumed (forward and backward) before then. `consume`: the
+        caller will not read x again (see transforms.prepare)."""
         x = x.to(self.ctx.device, non_blocking=True)
         buf = self._buffers.get(purpose) if x.device.type == "cpu" else None
-        out = prepare(x, aug, gen, out=buf)
+        out = prepare(x, aug, gen, out=buf, consume=consume)
         if x.device.type == "cpu" and (buf is None or out.data_ptr() != buf.data_ptr()):
             self._buffers[purpose] = out
         return out
 
     def step(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Returns the summed loss as a 0-dim tensor on the device (no host sync per step)."""
-        x = self.prepare(x, self.spec.augment, gen)
+        x = self.prepare(x, self.spec.augment, gen, consume=True)  # the loader's own batch
         y = y.to(self.ctx.device, non_blocking=True)
         self.opt.zero_grad(set_to_none=True)
         chunks = list(zip(x.split(self.micro), y.split(self.micro)))

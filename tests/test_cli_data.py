@@ -307,3 +307,22 @@ def test_rerun_with_a_relative_source_path_resumes(synth_dir, preprocessed, tmp_
     result = ok("data", "preprocess", synth_dir.name, "--format", "nih", "--size", 64, "--out", dest,
                 "--shard-size", 8)
     assert "preprocessed 28 images" in result.output
+
+
+@pytest.mark.parametrize("group", [[], ["submit"], ["data"]])
+def test_command_lists_wrap_each_summary_as_one_paragraph(group):
+    """A docstring's own line breaks do not reach the command list (they cut sentences short at
+    the terminal's width: 'evaluation results and plots, reports,' then a new line)."""
+    import typer.main
+
+    result = runner.invoke(app, [*group, "--help"], terminal_width=400, env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    listed = typer.main.get_command(app)
+    for name in group:
+        listed = listed.commands[name]
+    for name, cmd in listed.commands.items():
+        summary = " ".join(cmd.get_short_help_str(limit=10_000).split())
+        assert summary, f"{name} has no summary"
+        # At 400 columns the whole summary fits on the command's own line.
+        line = next(ln for ln in result.output.splitlines() if ln.split()[1:2] == [name])
+        assert summary[:150] in " ".join(line.split()), (name, line)

@@ -20,6 +20,20 @@ predict.register(app)
 report.register(app)
 
 
+def _one_line_summaries(group: typer.Typer) -> None:
+    """A command list shows each command's first paragraph with its docstring's line breaks;
+    give each command that paragraph as one line, which the list then wraps to the terminal."""
+    for cmd in group.registered_commands:
+        doc = cmd.help or (cmd.callback.__doc__ if cmd.callback else None)
+        if cmd.short_help is None and doc:
+            cmd.short_help = " ".join(doc.strip().split("\n\n")[0].split())
+    for sub in group.registered_groups:
+        _one_line_summaries(sub.typer_instance)
+
+
+_one_line_summaries(app)
+
+
 def main() -> None:
     try:
         app()

@@ -263,6 +263,15 @@ def test_run_names_are_validated_and_foreign_pids_never_signalled(local_env, tmp
         victim.wait()
 
 
+def test_runs_says_when_there_are_none(local_env):
+    """A new user's first `cxrjobs runs` prints a way forward, not a bare header."""
+    res = cli("runs")
+    assert res.returncode == 0 and "no runs yet on the local backend" in res.stdout
+    assert "cxrjobs submit --help" in res.stdout
+    res = cli("runs", "--json")
+    assert res.returncode == 0 and json.loads(res.stdout) == []
+
+
 def test_runs_lists_unreadable_state_as_unknown(local_env):
     """Item 13: one corrupt or empty state file does not hide the other runs."""
     root = load_settings().local_state

@@ -36,6 +36,11 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print_json(items)
             return
+        if not items:
+            where = f" in namespace {namespace}" if backend == "kubernetes" else ""
+            print(f"no runs yet on the {backend} backend{where}: `cxrjobs submit --help` lists the jobs, "
+                  "`make demo` runs the paper pipeline")
+            return
         # The run id is what a user copies from here: never truncated or wrapped, whatever the
         # terminal width. Short columns keep their width too; only the message wraps.
         cols = [Column(name, no_wrap=True, overflow="ignore",

@@ -246,6 +246,38 @@ def _evaluate_exported(store, best):
     assert res["n_images"] > 0 and store.exists(f"runs/{run}/eval/test/results.json")
 
 
+def test_pbt_with_more_trials_than_slots_finishes(phantom_covid_32, ray_env):
+    """Three trials taking turns on one slot (asynchronous PBT, an exploit every epoch): a trial
+    set back to its donor's epoch by an exploit used to be picked again before the donor, clone
+    the same checkpoint again, and so on for ever (a user's search of 3 x 30 epochs had reported
+    387 epochs when it was cancelled). Also, a donor no better than the trial is not cloned."""
+    from cxrjobs import api
+    from cxrjobs.backends import get_backend
+
+    epochs = 12
+    job = _job("turns", phantom_covid_32, trials=3, algo="pbt", epochs_per_trial=epochs, perturbation_interval=1,
+               cpus=1, max_concurrent=1, seed=0)
+    be = get_backend("local")
+    api.submit(job, "local")
+    try:
+        final = be.wait("turns", timeout=300)
+    finally:
+        if not be.status("turns").done:
+            be.cancel("turns")
+    rows = _rows(ray_env, "turns")
+    assert final.state == "Succeeded", "".join(be.logs("turns"))[-3000:]
+    history = [json.loads(x) for x in ray_env.get_text("runs/turns/pbt_history.jsonl").splitlines()]
+    assert history, "no exploit: the test checks nothing"
+    # Every epoch an exploit sets a trial back is trained again, once per exploit, no more.
+    assert len(rows) <= 3 * epochs + sum(h["trial_epoch"] - h["donor_epoch"] for h in history)
+    for h in history:
+        assert h["donor_score"] < h["trial_score"], h  # val_loss: the donor was strictly better
+    clones = [(h["trial"], h["trial_epoch"], h["donor"], h["donor_epoch"]) for h in history]
+    assert len(clones) == len(set(clones)), "the same exploit repeated"
+    for trial in {r["trial"] for r in rows}:
+        assert max(r["epoch"] for r in rows if r["trial"] == trial) == epochs
+
+
 def test_a_failing_trial_is_retried_from_its_checkpoint(phantom_covid_32, ray_env, tmp_path):
     from cxrjobs.tune.job import run_tune
 

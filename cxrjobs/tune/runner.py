@@ -100,6 +100,8 @@ class RecordingPBT(PopulationBasedTraining):
         # trial id -> (trial, donor): exploits that wait for the donor's checkpoint of the epoch
         # the trial has reached (see _exploit)
         self.waiting: dict[str, tuple[Trial, Trial]] = {}
+        # trial id -> the number of the exploit that last cloned into it (see choose_trial_to_run)
+        self.cloned: dict[str, int] = {}
 
     def on_trial_result(self, tune_controller, trial, result):
         # A trial at its last epoch is done: cloning into it (or pausing it) would only cost time.
@@ -125,13 +127,18 @@ class RecordingPBT(PopulationBasedTraining):
         super().on_trial_error(tune_controller, trial)
 
     def choose_trial_to_run(self, tune_controller):
-        if self._synch or not self.waiting:
+        if self._synch:
             return super().choose_trial_to_run(tune_controller)
         # As PBT's: the trial that has trained least goes first; one waiting for its donor stays
-        # paused until the donor has reported.
+        # paused until the donor has reported. Among trials at the same epoch, one that has just
+        # cloned another's checkpoint goes after the others: an exploit sets a trial back to its
+        # donor's epoch, and when the trials take turns (more trials than slots) PBT's order
+        # picked it again before the donor, paused at that epoch, which never trained on; the
+        # trial cloned the same checkpoint again, for ever.
         candidates = [t for t in tune_controller.get_trials() if t.status in (Trial.PENDING, Trial.PAUSED)
                       and t.trial_id not in self.waiting]
-        return min(candidates, key=lambda t: self._trial_state[t].last_train_time, default=None)
+        return min(candidates, key=lambda t: (self._trial_state[t].last_train_time, self.cloned.get(t.trial_id, 0)),
+                   default=None)
 
     def _donor_reported(self, tune_controller, donor, usable: bool) -> None:
         """The donor of waiting exploits has reported (or ended): each waiting trial now clones
@@ -166,7 +173,15 @@ class RecordingPBT(PopulationBasedTraining):
     def __getstate__(self):  # Tune pickles its scheduler with the experiment, not the controller
         return {**{k: v for k, v in self.__dict__.items() if k != "_controller"}, "waiting": {}}
 
+    def __setstate__(self, state):  # a search saved before `cloned` existed resumes too
+        self.__dict__.update({"cloned": {}, **state})
+
     def _exploit(self, tune_controller, trial, trial_to_clone):
+        theirs, ours = self._trial_state[trial_to_clone].last_score, self._trial_state[trial].last_score
+        if theirs is None or (ours is not None and not theirs > ours):
+            # Quantiles split ties arbitrarily: a donor no better than the trial (a loss of 0.0
+            # on both, say) has nothing to give, and cloning it only sets the trial back.
+            return
         donor = self._trial_state[trial_to_clone].last_result or {}
         mine = self._trial_state[trial].last_result or {}
         if (not self._synch and self.population_fits and trial.status == Trial.RUNNING
@@ -181,6 +196,7 @@ class RecordingPBT(PopulationBasedTraining):
         # PBT's state holds the result being processed (the trial's own last_result lags one).
         before, old = mine, dict(trial.config)
         super()._exploit(tune_controller, trial, trial_to_clone)
+        self.cloned[trial.trial_id] = self._num_perturbations
         keys = list(self._hyperparam_mutations)
         self.history.append({
             "time": time.time(), "trial": trial.trial_id, "trial_epoch": before.get("epoch"),

@@ -305,6 +305,15 @@ def test_covid_label_derived_from_finding_without_covid_column(tmp_path):
     assert src.records.loc[src.records["image_id"] == "non_covid__e.png", "patient_id"].item() == "4"
 
 
+@pytest.mark.parametrize("covid_col", [False, True])
+def test_covid_views_that_keep_no_row_name_the_views_there_are(tmp_path, covid_col):
+    """A --views filter that keeps nothing used to end in KeyError: 'finding' (a traceback)."""
+    rows = [("covid/a.png", "1", "COVID-19"), ("non_covid/c.png", "3", "No Finding")]
+    root = _covid_folder(tmp_path, rows, covid_col=covid_col)
+    with pytest.raises(DataError, match=r"no X-ray row has a view in \['XYZ'\] \(--views\).*\['PA'\]"):
+        read_covid(str(root), views=("XYZ",))
+
+
 def test_covid_csv_needs_covid_or_finding(tmp_path):
     (tmp_path / "metadata.csv").write_text("filename,patientid,view\na.png,1,PA\n")
     with pytest.raises(DataError, match="finding"):

@@ -49,3 +49,20 @@ def test_cli_train_and_transfer_share_the_training_flags(local_env):
     res = CliRunner().invoke(app, ["submit", "train", "--data", "d", "--monitor", "val_nope", "--dry-run"])
     assert isinstance(res.exception, ConfigError) and "train.monitor" in str(res.exception)
 
+
+
+@pytest.mark.parametrize("args", [
+    ["submit", "train", "--data", "datasets/x", "--seed", "-1", "--dry-run"],
+    ["submit", "tune", "--job", "train", "--data", "datasets/x", "--seed", "-1", "--dry-run"],
+    ["data", "synth", "covid", "--out", "x", "--count", "10", "--seed", "-1"],
+    ["data", "preprocess", "src", "--format", "covid", "--size", "32", "--out", "o", "--seed", "-1"],
+])
+def test_a_negative_seed_is_refused_before_anything_runs(args, local_env):
+    """numpy's and torch's generators refuse negative seeds: the replica used to crash with a
+    traceback, three times (restarts)."""
+    from cxrjobs.errors import CxrError
+
+    res = CliRunner().invoke(app, args)
+    text = res.output + (str(res.exception) if isinstance(res.exception, CxrError) else "")
+    assert res.exit_code == 2 or isinstance(res.exception, CxrError), text  # main() exits 2 on a CxrError
+    assert "seed" in text and "greater than or equal to 0" in text

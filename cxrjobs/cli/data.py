@@ -36,7 +36,7 @@ def synth(kind: str = typer.Argument(..., help="nih or covid"),
           out_dir: Path = typer.Option(..., "--out", help="folder to create"),
           count: int = typer.Option(500, help="number of images"),
           size: int = typer.Option(1024, help="image side in pixels"),
-          seed: int = typer.Option(0),
+          seed: int = typer.Option(0, min=0, max=2**32 - 1),
           from_csv: Optional[Path] = typer.Option(None, help="nih: key images to real rows of this Data_Entry CSV"),
           workers: int = typer.Option(1, help="processes")):
     """Write a phantom dataset in the real on-disk layout (CSV + PNGs, with some RGBA, 16-bit and
@@ -63,7 +63,7 @@ def preprocess(source: str = typer.Argument(..., help="dataset folder, or store:
                fit: str = typer.Option("pad", help="pad (aspect kept, zero-padded; the paper's) | crop"),
                workers: int = typer.Option(1, help="decoding processes"),
                strict: bool = typer.Option(False, help="stop at the first bad file instead of listing it in rejects.csv"),
-               seed: int = typer.Option(0, help="seed of the patient-wise split"),
+               seed: int = typer.Option(0, min=0, max=2**32 - 1, help="seed of the patient-wise split"),
                fractions: str = typer.Option("0.7,0.1,0.2", help="train,val,test fractions of patients"),
                shard_size: Optional[int] = typer.Option(None, help="images per shard (default: ~64 MiB shards)"),
                shard_index: int = typer.Option(0, help="this slice (an Indexed Job pod's JOB_COMPLETION_INDEX)"),

@@ -35,9 +35,15 @@ def read_covid(root: str | Files, views: tuple[str, ...] = FRONTAL_VIEWS, csv_pa
         excluded["modality not X-ray"] = int((~keep).sum())
         df = df[keep]
     if "view" in df.columns:
+        present = sorted(set(df["view"].str.strip()))
         keep = df["view"].str.strip().isin(views)
         excluded[f"view not in {list(views)}"] = int((~keep).sum())
         df = df[keep]
+        if df.empty and present:
+            raise DataError(f"{csv_path}: no X-ray row has a view in {list(views)} (--views); the views "
+                            f"in this CSV are {present}")
+    if df.empty:
+        raise DataError(f"{csv_path}: no X-ray row to read (excluded: {excluded}); check the CSV and --views")
     rel = df["filename"].str.strip()
     if "folder" in df.columns:
         rel = df["folder"].where(df["folder"] != "", ".") + "/" + rel

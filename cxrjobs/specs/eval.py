@@ -23,7 +23,7 @@ class EvalSpec(BaseModel):
                              description="results go to runs/<run>/eval/<name>/ (default: the split, e.g. test)")
     batch_size: int = Field(128, ge=1, description="images per forward pass per replica")
     bootstrap: int = Field(1000, ge=0, description="patient bootstrap replicates for the CIs")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # numpy and torch generators take no negative seed
     examples: int = Field(16, ge=0, le=64, description="images in the example-prediction grid")
 
     @field_validator("data")

@@ -35,7 +35,7 @@ class PreprocessSpec(BaseModel):
     size: int = Field(224, ge=16, le=4096)
     fit: Literal["pad", "crop"] = "pad"
     shard_size: int | None = Field(None, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # numpy and torch generators take no negative seed
     fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
     strict: bool = False
     csv: str | None = None

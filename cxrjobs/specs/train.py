@@ -64,7 +64,7 @@ class TrainSpec(BaseModel):
     batch_size: int = Field(1024, ge=1, description="global batch, split across replicas")
     micro_batch_size: int | None = Field(
         None, ge=1, description="largest forward batch per replica; larger shares accumulate gradients")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # numpy and torch generators take no negative seed
     deterministic: bool = False
     augment: Augment = Augment()
     pretrained: str | None = Field(None, description="imagenet | PATH | s3://... (torchvision models)")

@@ -88,7 +88,7 @@ class TuneSpec(BaseModel):
     metric: str = Field("val_loss", description=f"what the search optimises: {sorted(MONITORS)}")
     mode: Literal["min", "max"] | None = Field(None, description="default: the metric's natural direction")
     max_failures: int = Field(2, ge=0, description="retries of a failed trial, from its last checkpoint")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # numpy and torch generators take no negative seed
     space: dict[str, Any] | None = Field(None, description="default: the paper's space (see default_space)")
 
     @field_validator("metric")

@@ -73,3 +73,21 @@ def test_threads_default_to_cores_per_replica():
     import os
     cores = len(os.sched_getaffinity(0))
     assert default_threads(1) == cores and default_threads(cores * 4) == 1
+
+
+def test_batchnorm_models_never_train_on_a_batch_of_one(phantom_nih_64, local_env):
+    """resnext50 (BatchNorm) on a training split one image longer than a multiple of the batch:
+    torch raises 'Expected more than 1 value per channel when training' on a batch of one (a
+    user's run failed, then restarted three times). The epoch's last batch of one is skipped, and
+    a micro-batch of one is merged into the micro-batch before it."""
+    from cxrjobs.data.shards import ShardDataset
+
+    n = len(ShardDataset(phantom_nih_64, "train"))
+    spec = TrainSpec(data=str(phantom_nih_64), model="resnext50", epochs=1, batch_size=n - 1,
+                     micro_batch_size=n - 2, bootstrap=0)
+    logs = []
+    t = Trainer(spec, Run(local_env, "bn"), SOLO, log=logs.append).begin()
+    assert t.needs_pairs and (n - 1) % (n - 2) == 1  # batches [n-1, 1]; micro-batches [n-2, 1]
+    record = t.train_epoch()
+    assert record["train"]["images_seen"] == n - 1
+    assert any("skipped a training batch of 1 image" in m for m in logs), logs

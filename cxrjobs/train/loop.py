@@ -144,6 +144,9 @@ class Trainer:
                       if spec.scheduler == "step" else None)
         self.per_rank = math.ceil(spec.batch_size / ctx.world_size)
         self.micro = min(self.per_rank, spec.micro_batch_size or self.per_rank)
+        # BatchNorm cannot normalise a single image in training mode (torch raises): such a model
+        # never gets a micro-batch of one (see step) and skips an epoch's last batch of one.
+        self.needs_pairs = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
         self.history: list[dict] = []
         self.best_val = math.inf
         self.best_monitor = math.inf if spec.monitor_mode == "min" else -math.inf
@@ -151,6 +154,7 @@ class Trainer:
         self.epoch = 0  # epochs done; train_epoch() runs the next one
         self._loader: DataLoader | None = None  # set by begin()
         self._train_sampler = None
+        self._told_single = False
 
     # -- one optimisation step over a rank's share of a global batch ---------------------------
     def prepare(self, x: torch.Tensor, aug=None, gen: torch.Generator | None = None,
@@ -171,7 +175,10 @@ class Trainer:
         x = self.prepare(x, self.spec.augment, gen, consume=True)  # the loader's own batch
         y = y.to(self.ctx.device, non_blocking=True)
         self.opt.zero_grad(set_to_none=True)
-        chunks = list(zip(x.split(self.micro), y.split(self.micro)))
+        sizes = [self.micro] * (len(x) // self.micro) + ([len(x) % self.micro] if len(x) % self.micro else [])
+        if self.needs_pairs and len(sizes) > 1 and sizes[-1] == 1:
+            sizes[-2:] = [sizes[-2] + 1]
+        chunks = list(zip(x.split(sizes), y.split(sizes)))
         total = torch.zeros((), device=self.ctx.device)
         for i, (xc, yc) in enumerate(chunks):
             last = i == len(chunks) - 1
@@ -303,6 +310,13 @@ class Trainer:
         t0 = time.perf_counter()
         loss_sum, seen = 0.0, 0
         for x, y in self._loader:
+            if self.needs_pairs and len(x) == 1:
+                # An epoch's last batch of one image (every rank has as many images, so every rank
+                # skips it). Rare: the training split's size is one more than a multiple of the batch.
+                if ctx.is_main and not self._told_single:
+                    self.log("skipped a training batch of 1 image: BatchNorm needs 2 or more")
+                    self._told_single = True
+                continue
             loss_sum += self.step(x, y, gen)
             seen += len(x)
         # On the training device: NCCL reduces only CUDA tensors. float() waits for the

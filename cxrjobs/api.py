@@ -89,6 +89,11 @@ def collect_run(run: str, dest: str, checkpoints: bool = False, workers: int = 8
     prefix = join_key("runs", run)
     if next(iter(store.list(prefix)), None) is None:
         raise CxrError(f"no run {run!r} in store {store.url} (nothing under {prefix}/)")
+    try:
+        Path(dest).mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file of that name, or a parent that is a file or read-only
+        raise ConfigError(f"-o {dest}: cannot make this folder ({e.strerror or e}); give a folder to fill, "
+                          "new or one that collect filled before") from None
 
     def include(rel: str) -> bool:
         return checkpoints or not rel.startswith("checkpoints/")

@@ -11,13 +11,14 @@ written by the `evaluate` job; for a hyper-parameter search (`tune` run) its tri
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import time
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from cxrjobs.errors import CxrError
+from cxrjobs.errors import ConfigError, CxrError
 from cxrjobs.storage import ObjectStore, join_key
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -161,12 +162,20 @@ def build_report(store: ObjectStore, runs: list[str], title: str = "cxrjobs repo
 
 
 def write_report(store: ObjectStore, runs: list[str], out: str | Path, title: str = "cxrjobs report") -> dict:
-    html, summary = build_report(store, runs, title)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        raise ConfigError(f"-o {out}: is a folder; give the report's file name, e.g. {out / 'report.html'}")
+    html, summary = build_report(store, runs, title)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(html, encoding="utf-8")
+        tmp.replace(out)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise ConfigError(f"-o {out}: cannot write the report there ({e.strerror or e}); "
+                          "give a file name in a folder you can write") from None
     summary["path"] = str(out.resolve())
     summary["bytes"] = out.stat().st_size
     return summary

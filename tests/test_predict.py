@@ -110,3 +110,30 @@ def test_unknown_run_is_a_clear_error(store, tmp_path):
 def test_predict_help_has_an_example():
     r = runner.invoke(app, ["predict", "--help"])
     assert r.exit_code == 0 and "Example: cxrjobs predict --model" in r.output
+
+
+def test_a_run_still_training_is_refused_unless_asked(trained, store, tmp_path):
+    """predict and evaluate used whatever best.pt a running run had, without a word: a run with
+    a record but no artifacts/result.json (written last) is refused, unless --allow-unfinished."""
+    from cxrjobs.errors import ConfigError
+    from cxrjobs.jobs.preflight import check_job
+    from cxrjobs.jobs.spec import JobSpec
+
+    root, data = trained
+    for key in (o.key for o in store.list("runs/tiny/")):  # the same run, caught before its last step
+        if not key.endswith("artifacts/result.json"):
+            store.put_bytes(key.replace("runs/tiny/", "runs/half/", 1), store.get_bytes(key))
+    store.put_text("runs/half/spec.json", json.dumps({"kind": "train", "name": "half"}))
+    img = sorted((root / "phantom" / "raw" / "covid").glob("*.png"))[0]
+    r = runner.invoke(app, ["predict", "--model", "half", str(img)])
+    assert isinstance(r.exception, ConfigError), r.output
+    assert "run half has not finished training (1 epoch(s) recorded so far)" in str(r.exception)
+    assert "--allow-unfinished" in str(r.exception)
+    r = runner.invoke(app, ["predict", "--model", "half", str(img), "--allow-unfinished", "--json"])
+    assert r.exit_code == 0 and _json(r.output)["results"][0]["label"], r.output
+    job = JobSpec(kind="evaluate", name="ev", evaluate={"run": "half", "data": str(data)})
+    with pytest.raises(ConfigError, match="evaluate.run: run half has not finished training"):
+        check_job(job, store)
+    check_job(JobSpec(kind="evaluate", name="ev", evaluate={"run": "half", "data": str(data),
+                                                            "allow_unfinished": True}), store)
+    check_job(JobSpec(kind="evaluate", name="ev", evaluate={"run": "tiny", "data": str(data)}), store)

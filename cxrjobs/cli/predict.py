@@ -15,6 +15,8 @@ def register(app: typer.Typer) -> None:
     def predict(inputs: List[str] = typer.Argument(..., help="image files (PNG/JPEG) or folders"),
                 model: str = typer.Option(..., "--model", help="the trained run (uses its best.pt)"),
                 batch_size: int = typer.Option(64, help="images per forward pass"),
+                allow_unfinished: bool = typer.Option(
+                    False, "--allow-unfinished", help="use a run that has not finished training (its best.pt so far)"),
                 as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
         """Label chest X-ray images with a trained run: per image the label, its probability and an
         `ood` flag with its score (label `unknown` when the image does not look like the run's
@@ -27,7 +29,8 @@ def register(app: typer.Typer) -> None:
         from cxrjobs.eval.predict import predict_paths
         from cxrjobs.storage import open_store
 
-        res = predict_paths(open_store(), model, inputs, batch_size, log=lambda m: None if as_json else out.print(m))
+        res = predict_paths(open_store(), model, inputs, batch_size, log=lambda m: None if as_json else out.print(m),
+                            allow_unfinished=allow_unfinished)
         if as_json:
             print_json(res)
         else:

@@ -222,6 +222,8 @@ def evaluate(run: str = typer.Argument(..., help="the trained run to score"),
              batch_size: Optional[int] = typer.Option(None, help="images per forward pass per replica"),
              bootstrap: Optional[int] = typer.Option(None, help="patient bootstrap replicates (default 1000)"),
              replicas: Optional[int] = typer.Option(None, help="processes / pods sharing the images (default 1)"),
+             allow_unfinished: Optional[bool] = typer.Option(
+                 None, "--allow-unfinished", help="score a run that stopped before its last epoch (its best.pt so far)"),
              name: Optional[str] = typer.Option(None, help="job id (default: generated)"),
              spec_file: Optional[Path] = SPEC, backend: str = BACKEND, wait: bool = WAIT,
              as_json: bool = JSON, dry_run: bool = DRY):
@@ -235,7 +237,7 @@ def evaluate(run: str = typer.Argument(..., help="the trained run to score"),
     job = resolve_job("evaluate", spec_file, dict(
         name=name, replicas=replicas,
         evaluate=dict(run=run, data=data, split=split, name=as_name, batch_size=batch_size,
-                      bootstrap=bootstrap)))
+                      bootstrap=bootstrap, allow_unfinished=allow_unfinished)))
     _finish(job, backend, wait, as_json, dry_run)
 
 

@@ -17,9 +17,10 @@ import time
 import numpy as np
 import torch
 
-from cxrjobs.errors import DataError
+from cxrjobs.errors import ConfigError, DataError
 from cxrjobs.specs.eval import EvalSpec
 from cxrjobs.storage import ObjectStore, join_key
+from cxrjobs.storage.runs import training_note
 
 
 def log(msg: str) -> None:
@@ -78,6 +79,9 @@ def evaluate(spec: EvalSpec, store: ObjectStore, ctx=None, log=log) -> dict:
 
     t0 = time.perf_counter()
     ctx = ctx or DistContext(0, 1, torch.device("cpu"), None)
+    note = None if spec.allow_unfinished else training_note(store, spec.run)
+    if note:  # checked at submit too; the run may have been resubmitted since
+        raise ConfigError(f"evaluate.run: {note}")
     rm = load_run(store, spec.run, ctx.device)
     root = resolve_dataset(spec.data, store)
     ds = ShardDataset(root, None if spec.split == "all" else spec.split, rm.objective)

@@ -21,9 +21,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from cxrjobs.data.shards import passthrough
-from cxrjobs.errors import CxrError
+from cxrjobs.errors import ConfigError, CxrError
 from cxrjobs.storage import ObjectStore, join_key
-from cxrjobs.storage.runs import search_note
+from cxrjobs.storage.runs import search_note, training_note
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 
@@ -295,9 +295,10 @@ def _entry(rm: RunModel, path: str, probs: np.ndarray, binary: bool, threshold: 
 
 
 def predict_paths(store: ObjectStore, run: str, inputs: list[str], batch_size: int = 64,
-                  device: str | None = None, log=print) -> dict:
+                  device: str | None = None, log=print, allow_unfinished: bool = False) -> dict:
     """`cxrjobs predict`: every image file under `inputs` scored by the run's best model, with
-    the OOD check (fitted now when the run has no detector yet)."""
+    the OOD check (fitted now when the run has no detector yet). A run still training is refused
+    unless `allow_unfinished`: its best.pt can change, and its OOD detector is not fitted yet."""
     import time
 
     from cxrjobs.eval import ood
@@ -305,6 +306,9 @@ def predict_paths(store: ObjectStore, run: str, inputs: list[str], batch_size: i
     paths = expand_inputs(inputs)
     if not paths:
         raise CxrError(f"no image files ({', '.join(IMAGE_EXTS)}) in {inputs}")
+    note = None if allow_unfinished else training_note(store, run)
+    if note:
+        raise ConfigError(note)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     rm = load_run(store, run, device)
     det = ood.load_for_run(store, run, rm=rm, log=log)

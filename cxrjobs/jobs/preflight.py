@@ -14,7 +14,7 @@ from cxrjobs.errors import ConfigError, CxrError
 from cxrjobs.jobs.spec import NAME_RE, JobSpec
 from cxrjobs.specs.train import TrainSpec
 from cxrjobs.storage import ObjectStore, join_key
-from cxrjobs.storage.runs import search_note, unfinished_note
+from cxrjobs.storage.runs import search_note, training_note, unfinished_note
 
 
 def _manifest(data: str, store: ObjectStore, field: str) -> dict:
@@ -68,6 +68,9 @@ def check_job(job: JobSpec, store: ObjectStore) -> None:
             raise ConfigError(f"evaluate.run: {note}" if note else
                               f"evaluate.run: no trained run {ev.run!r} in store {store.url} (expected "
                               f"{best}); is it finished (`cxrjobs status {ev.run}`)?")
+        note = None if ev.allow_unfinished else training_note(store, ev.run)
+        if note:
+            raise ConfigError(f"evaluate.run: {note}")
     if job.preprocess is not None:
         try:
             join_key(job.preprocess.output)

@@ -25,6 +25,7 @@ class EvalSpec(BaseModel):
     bootstrap: int = Field(1000, ge=0, description="patient bootstrap replicates for the CIs")
     seed: int = Field(0, ge=0, le=2**32 - 1)  # numpy and torch generators take no negative seed
     examples: int = Field(16, ge=0, le=64, description="images in the example-prediction grid")
+    allow_unfinished: bool = Field(False, description="score a run that has not finished training (its best.pt so far)")
 
     @field_validator("data")
     @classmethod

@@ -35,3 +35,19 @@ def unfinished_note(store: ObjectStore, run: str) -> str | None:
         return None
     return search_note(store, run) or (f"run {run} has no checkpoints/best.pt in {store.url} yet: let it "
                                        f"finish first (`cxrjobs status {run}`)")
+
+
+def training_note(store: ObjectStore, run: str) -> str | None:
+    """Why a run's best.pt is not its final model yet: the run has a record but no
+    artifacts/result.json, which training writes last (after the test split and the OOD detector).
+    None for a finished run, or a name with no run record (the caller's own message applies)."""
+    if (store.exists(join_key("runs", run, "artifacts", "result.json"))
+            or not store.exists(join_key("runs", run, "spec.json"))):
+        return None
+    try:
+        done = sum(1 for line in store.get_text(join_key("runs", run, "metrics.jsonl")).splitlines() if line.strip())
+    except Exception:
+        done = 0
+    return (f"run {run} has not finished training ({done} epoch(s) recorded so far): its best.pt can still "
+            f"change. Wait for it (`cxrjobs status {run}`), or, for a run that stopped for good, pass "
+            "--allow-unfinished")

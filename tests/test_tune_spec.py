@@ -151,3 +151,21 @@ def test_a_local_search_never_uses_more_cpus_than_the_machine_gives_it(monkeypat
     assert local_cpus(None, said.append) == 2 and local_cpus(1, said.append) == 1 and not said
     assert local_cpus(64, said.append) == 2
     assert said == ["--cpus 64: this machine gives the job 2 core(s); using 2"]
+
+
+def test_space_and_spec_files_read_1e_4_as_a_number(tmp_path):
+    """PyYAML (YAML 1.1) read `1e-4` as a string: `loguniform: [1e-4, 1e-2]` was refused and
+    `lr: 1e-3` became the string '1e-3' in the trials' configs."""
+    from cxrjobs.tune.space import load_space_file
+
+    f = tmp_path / "space.yaml"
+    f.write_text("lr: {loguniform: [1e-4, 1e-2]}\nmomentum: 9E-1\noptimizer: ['1e-4']\n")
+    space = load_space_file(f, {})
+    assert space["lr"] == {"loguniform": [1e-4, 1e-2]} and space["momentum"] == 0.9
+    assert space["optimizer"] == ["1e-4"]  # quoted: the user asked for a string
+    space["optimizer"] = ["sgd"]
+    TuneSpec(job="train", train={"data": "datasets/x"}, space=space)  # valid as a space
+    spec = tmp_path / "job.yaml"
+    spec.write_text("tune:\n  job: train\n  space: {lr: {loguniform: [1e-5, 1e-1]}}\n  train: {data: datasets/x}\n")
+    job = resolve_job("tune", spec, {})
+    assert job.tune.space["lr"] == {"loguniform": [1e-5, 1e-1]}

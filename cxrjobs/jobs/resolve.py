@@ -8,6 +8,7 @@ from typing import Callable
 import yaml
 from pydantic import ValidationError
 
+from cxrjobs import yamlload
 from cxrjobs.errors import ConfigError
 from cxrjobs.jobs.registry import KINDS
 from cxrjobs.jobs.spec import JobSpec, check_run_name, new_run_id
@@ -40,7 +41,7 @@ def read_spec(kind: str, spec_file: Path) -> dict:
         raise ConfigError(f"{spec_file}: not UTF-8 text (byte 0x{raw[e.start]:02x} at line {line}); "
                           "save the spec as UTF-8") from None
     try:
-        doc = yaml.safe_load(text) or {}
+        doc = yamlload.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{spec_file}: cannot read spec ({e})") from None
     if not isinstance(doc, dict):

@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from cxrjobs import yamlload
 from cxrjobs.errors import ConfigError
 
 
@@ -15,7 +16,7 @@ def load_space_file(path: str | Path, base: dict[str, Any]) -> dict[str, Any]:
     """A YAML space file's entries replace the same keys of `base` (the default space); keys it
     does not name keep their default. Give a fixed value to stop searching a hyper-parameter."""
     try:
-        doc = yaml.safe_load(Path(path).read_text())
+        doc = yamlload.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"{path}: cannot read the search space ({e})") from None
     if not isinstance(doc, dict) or not doc:

@@ -6,6 +6,7 @@ import json
 
 from cxrjobs.backends import get_backend
 from cxrjobs.backends.base import JobStatus, SubmitPlan
+from cxrjobs.backends.states import RunState
 from cxrjobs.errors import ConfigError, CxrError
 from cxrjobs.jobs.preflight import check_job
 from cxrjobs.jobs.spec import JobSpec
@@ -53,8 +54,13 @@ def wait(run: str, backend: str = "local", kube=None, timeout: float | None = No
 
 def run_status(run: str, backend: str = "local", kube=None) -> dict:
     """Backend state plus training progress (epoch, last metrics) from the store."""
-    st = get_backend(backend, kube).status(run).to_dict()
     store = open_store()
+    try:
+        st = get_backend(backend, kube).status(run).to_dict()
+    except CxrError:
+        st = _exported_status(run, backend, store)
+        if st is None:
+            raise
     metrics = run_metrics(run, store)
     if metrics:
         last = metrics[-1]
@@ -67,7 +73,37 @@ def run_status(run: str, backend: str = "local", kube=None) -> dict:
     if store.exists(result_key):
         st["result"] = json.loads(store.get_text(result_key))
     st["artifacts"] = f"{store.url}/{join_key('runs', run)}"
+    _point_at_evaluation(st, run, store)
     return st
+
+
+def _exported_status(run: str, backend: str, store: ObjectStore) -> dict | None:
+    """A search's best trial, exported as a run (NAME-best): it has no process or Job of its
+    own, so the backend does not know it; its store record says it is finished."""
+    try:
+        result = json.loads(store.get_text(join_key("runs", run, "artifacts", "result.json")))
+    except Exception:
+        return None
+    if not result.get("tuned_by"):
+        return None
+    return JobStatus(run=run, state=RunState.SUCCEEDED, backend=backend, kind="train",
+                     message=f"the best trial of search {result['tuned_by']}, exported when it ended").to_dict()
+
+
+def _point_at_evaluation(st: dict, run: str, store: ObjectStore) -> None:
+    """An evaluate job writes into the run it scores (runs/RUN/eval/NAME/), not under its own id:
+    its status points there and carries the results' headline."""
+    try:
+        spec = json.loads(store.get_text(join_key("runs", run, "spec.json")))
+    except Exception:
+        return
+    ev = spec.get("evaluate") if spec.get("kind") == "evaluate" else None
+    if not ev:
+        return
+    prefix = join_key("runs", ev["run"], "eval", ev.get("name") or ev.get("split") or "test")
+    st["artifacts"] = f"{store.url}/{prefix}"
+    if store.exists(join_key(prefix, "results.json")):
+        st["evaluation"] = json.loads(store.get_text(join_key(prefix, "results.json")))
 
 
 def collect_run(run: str, dest: str, checkpoints: bool = False, workers: int = 8,

@@ -272,6 +272,32 @@ def test_runs_says_when_there_are_none(local_env):
     assert res.returncode == 0 and json.loads(res.stdout) == []
 
 
+def test_status_points_at_an_evaluation_and_knows_an_exported_best_trial(local_env):
+    """An evaluate job's results live in the run it scores (runs/RUN/eval/NAME/): its status and
+    its --wait line pointed at an empty runs/<job>/ and showed no result. A search's exported
+    best trial (NAME-best) has no process of its own: status said there was no such run."""
+    root = load_settings().local_state
+    (root / "ev1").mkdir(parents=True)
+    (root / "ev1" / "state.json").write_text(json.dumps({"run": "ev1", "state": "Succeeded", "kind": "evaluate",
+                                                        "replicas": 1}))
+    local_env.put_text("runs/ev1/spec.json", json.dumps({"kind": "evaluate", "name": "ev1", "evaluate": {
+        "run": "m1", "data": "datasets/x", "name": "test1"}}))
+    local_env.put_text("runs/m1/eval/test1/results.json", json.dumps({
+        "split": "test", "n_images": 20, "n_patients": 9, "auroc": 0.8, "auroc_ci": [0.6, 0.9],
+        "balanced_accuracy": 0.7, "balanced_accuracy_ci": [0.5, 0.8], "sensitivity": 0.75,
+        "sensitivity_ci": [0.5, 1.0], "specificity": 0.65, "specificity_ci": [0.4, 0.9]}))
+    res = cli("status", "ev1")
+    assert res.returncode == 0, res.stderr
+    assert "auroc 0.800 [0.600, 0.900]" in res.stdout and "(test: 20 images, 9 patients)" in res.stdout
+    assert res.stdout.rstrip().endswith("runs/m1/eval/test1"), res.stdout
+
+    local_env.put_text("runs/t-best/artifacts/result.json", json.dumps({"run": "t-best", "tuned_by": "t"}))
+    res = cli("status", "t-best")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("t-best: Succeeded") and "the best trial of search t" in res.stdout
+    assert cli("status", "not-a-run").returncode == 2
+
+
 def test_runs_lists_unreadable_state_as_unknown(local_env):
     """Item 13: one corrupt or empty state file does not hide the other runs."""
     root = load_settings().local_state
@@ -417,3 +443,28 @@ def test_a_search_given_where_a_trained_model_is_expected_names_its_best_run(loc
     local_env.put_text("runs/plain/spec.json", json.dumps({"kind": "train", "name": "plain"}))
     with pytest.raises(CxrError, match="let it finish first"):
         locate_weights("plain", local_env)
+
+
+def test_ctrl_c_on_wait_says_the_run_goes_on(local_env, phantom_covid_32):
+    """Ctrl-C on `submit --wait` stops the waiting, not the run: it used to exit 130 in silence,
+    and the user could not tell whether the run was still going."""
+    proc = subprocess.Popen([sys.executable, "-m", "cxrjobs.cli", "submit", "train", "--data",
+                             str(phantom_covid_32), "--model", "smallcnn", "--epochs", "500", "--bootstrap", "0",
+                             "--name", "ctrlc", "--wait"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=os.environ.copy())
+    be = get_backend("local")
+    try:
+        deadline = time.monotonic() + 120
+        while not api.run_metrics("ctrlc", local_env):  # an epoch done: the run is under way
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130, (out, err)
+        assert "stopped waiting; run ctrlc goes on (local backend)" in err and "cxrjobs cancel ctrlc" in err
+        assert "Traceback" not in err
+        assert be.status("ctrlc").state == "Running"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        be.cancel("ctrlc")

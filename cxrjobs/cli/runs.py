@@ -82,6 +82,9 @@ def register(app: typer.Typer) -> None:
             line += f"; best run exported as {st['result']['best']['run']}"
         if st.get("result", {}).get("test"):
             line += f"; test {headline(st['result']['test'])}"
+        if st.get("evaluation"):
+            from cxrjobs.eval.job import summary_line
+            line += f"; {summary_line(st['evaluation'])}"
         if st["message"]:
             line += f" ({st['message']})"
         out.print(line + f"\nartifacts: {st['artifacts']}")

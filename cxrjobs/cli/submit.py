@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 import typing
 from pathlib import Path
 from typing import Optional
@@ -45,12 +46,19 @@ def _finish(job, backend: str, wait: bool, as_json: bool, dry_run: bool) -> None
             out.print(f"submitted {job.name} ({job.kind}, {job.replicas} replicas) on {backend}; "
                       f"follow with `cxrjobs logs {job.name} -f`")
         return
-    if as_json:  # no log lines: stdout is one JSON object, printed when the run has ended
-        final = api.wait(job.name, backend, kube)
-    else:
-        for line in get_backend(backend, kube).logs(job.name, replica=0, follow=True):
-            print(line, end="", flush=True)
-        final = api.wait(job.name, backend, kube)
+    try:
+        if as_json:  # no log lines: stdout is one JSON object, printed when the run has ended
+            final = api.wait(job.name, backend, kube)
+        else:
+            for line in get_backend(backend, kube).logs(job.name, replica=0, follow=True):
+                print(line, end="", flush=True)
+            final = api.wait(job.name, backend, kube)
+    except KeyboardInterrupt:
+        # Ctrl-C stops the waiting, not the run (its replicas are not this process's children).
+        print(f"\nstopped waiting; run {job.name} goes on ({backend} backend): `cxrjobs status {job.name}` "
+              f"shows it, `cxrjobs logs {job.name} -f` follows it, `cxrjobs cancel {job.name}` stops it",
+              file=sys.stderr, flush=True)
+        raise typer.Exit(130) from None
     if as_json:
         print_json(final)
     else:

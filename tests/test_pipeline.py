@@ -68,3 +68,18 @@ def test_stage_names_are_deterministic_and_real_data_has_no_phantom_test2(tmp_pa
     assert (m2.model, m2.sampler, m2.init_from, m2.image_size) == ("resnext50", "balanced", "p-nih-resnext50", 224)
     m1 = next(s for s in a if s.key == "method1").job.train
     assert (m1.freeze, m1.scheduler, m1.step_size, m1.batch_size) == ("conv", "step", 7, 32)
+
+
+def test_help_states_the_defaults_the_pipeline_uses():
+    """`pipeline paper --help` said 6 COVID epochs on phantom data; the pipeline ran 4."""
+    from typer.testing import CliRunner
+
+    from cxrjobs.cli import app
+
+    text = " ".join(CliRunner().invoke(app, ["pipeline", "paper", "--help"], terminal_width=300,
+                                       env={"COLUMNS": "300"}).output.split())
+    phantom = PaperConfig().resolved()
+    real = PaperConfig(nih="n", covid="c").resolved()
+    assert f"default {phantom.size} on phantom data, {real.size} on real data" in text
+    assert f"NIH pre-training epochs (default {phantom.nih_epochs} phantom / {real.nih_epochs} real)" in text
+    assert f"COVID training epochs (default {phantom.epochs} phantom / {real.epochs} real)" in text

@@ -23,7 +23,7 @@ def paper(nih: Optional[str] = typer.Option(None, help="NIH ChestX-ray14 folder 
           out_dir: Path = typer.Option(Path("pipeline-out"), "--out", help="where phantom data is written"),
           size: Optional[int] = typer.Option(None, help="image side (default 64 on phantom data, 224 on real data)"),
           nih_epochs: Optional[int] = typer.Option(None, help="NIH pre-training epochs (default 3 phantom / 10 real)"),
-          epochs: Optional[int] = typer.Option(None, help="COVID training epochs (default 6 phantom / 20 real)"),
+          epochs: Optional[int] = typer.Option(None, help="COVID training epochs (default 4 phantom / 20 real)"),
           threads: Optional[int] = typer.Option(None, help="torch threads per replica"),
           quiet: bool = typer.Option(False, "--quiet", help="stage lines only, no job logs"),
           as_json: bool = typer.Option(False, "--json", help="print the pipeline summary as JSON")):

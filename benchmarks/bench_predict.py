@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -49,6 +50,7 @@ def make_run(workdir: Path, model: str, size: int, quick: bool):
 
     ds = workdir / f"predict-ds{size}"
     if not (ds / "manifest.json").is_file():
+        shutil.rmtree(workdir / "predict-raw", ignore_errors=True)  # synth needs an empty folder
         synth_nih(workdir / "predict-raw", 120 if quick else 300, size=256, seed=5)
         preprocess(PreprocessSpec(source=str(workdir / "predict-raw"), format="nih", size=size),
                    LocalStore(ds), "", show_progress=False)
@@ -71,6 +73,7 @@ def files(workdir: Path, n: int) -> list[str]:
 
     root = workdir / "predict-png512"
     if not (root / "Data_Entry_2017.csv").is_file():
+        shutil.rmtree(root, ignore_errors=True)  # an interrupted set: synth needs an empty folder
         synth_nih(root, n, size=512, seed=11, special=False)
     return sorted(str(p) for p in root.rglob("*.png"))[:n]
 

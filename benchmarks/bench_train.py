@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ def dataset(workdir: Path, count: int) -> Path:
     if not (out / "manifest.json").exists():
         raw = workdir / f"train-raw-{count}"
         if not (raw / "Data_Entry_2017.csv").exists():
+            shutil.rmtree(raw, ignore_errors=True)  # an interrupted set: synth needs an empty folder
             synth_nih(raw, count, size=256, seed=3, special=False, workers=2)
         preprocess(PreprocessSpec(source=str(raw), format="nih", size=224), LocalStore(out), "",
                    workers=2, show_progress=False)

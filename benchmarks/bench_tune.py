@@ -43,6 +43,7 @@ def covid_dataset(workdir: Path, count: int, size: int) -> Path:
     if not (out / "manifest.json").exists():
         raw = workdir / f"tune-covid-raw-{count}"
         if not (raw / "metadata.csv").exists():
+            shutil.rmtree(raw, ignore_errors=True)  # an interrupted set: synth needs an empty folder
             synth_covid(raw, count, size=2 * size, seed=5)
         preprocess(PreprocessSpec(source=str(raw), format="covid", size=size, fractions=(0.6, 0.2, 0.2)),
                    LocalStore(out), "", show_progress=False)

@@ -14,6 +14,7 @@ pipeline name stops with an error instead of mixing outputs (api.submit compares
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,6 +148,8 @@ def phantom_data(cfg: PaperConfig, say: Callable[[str], None]) -> PaperConfig:
         if (path / marker).is_file():
             say(f"phantom {what} data already in {path}")
         else:
+            if path.exists():  # an interrupted generation (its CSV is written last): start it again
+                shutil.rmtree(path)
             say(f"no {what} folder given: generating PHANTOM (synthetic) {what} data -> "
                 f"{make(path).line()}")
     return cfg

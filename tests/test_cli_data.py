@@ -326,3 +326,16 @@ def test_command_lists_wrap_each_summary_as_one_paragraph(group):
         # At 400 columns the whole summary fits on the command's own line.
         line = next(ln for ln in result.output.splitlines() if ln.split()[1:2] == [name])
         assert summary[:150] in " ".join(line.split()), (name, line)
+
+
+def test_synth_into_a_folder_that_is_not_empty_is_refused(tmp_path, monkeypatch, capsys):
+    """A second synth into the same folder mixed two sets: 227 PNGs on disk, 50 rows in the new
+    CSV, and preprocessing rejected 179 of them."""
+    out = tmp_path / "raw"
+    ok("data", "synth", "covid", "--out", out, "--count", 20, "--size", 32)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    err = main_exit(monkeypatch, capsys, "data", "synth", "covid", "--out", out, "--count", 10, "--size", 16)
+    assert f"--out {out}: the folder is not empty" in err and "new or empty folder" in err
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing written
+    (tmp_path / "empty").mkdir()
+    ok("data", "synth", "covid", "--out", tmp_path / "empty", "--count", 10, "--size", 16)

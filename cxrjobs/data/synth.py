@@ -428,6 +428,11 @@ def check_synth_args(out: Path, count: int, size: int, workers: int) -> None:
             if not p.is_dir():
                 raise DataError(f"--out {out}: {p} is a file, not a folder; choose a folder to create")
             break
+    if out.is_dir() and any(out.iterdir()):
+        # The new CSV would list only the new images among the old ones: preprocessing then
+        # rejected most files, or mixed two sets of other sizes and seeds.
+        raise DataError(f"--out {out}: the folder is not empty; phantom data written into it would mix with "
+                        "what is there. Choose a new or empty folder (or delete this one first)")
 
 
 def synth_nih(out: Path, count: int, size: int = 1024, seed: int = 0, from_csv: Path | None = None,

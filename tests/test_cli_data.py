@@ -339,3 +339,16 @@ def test_synth_into_a_folder_that_is_not_empty_is_refused(tmp_path, monkeypatch,
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing written
     (tmp_path / "empty").mkdir()
     ok("data", "synth", "covid", "--out", tmp_path / "empty", "--count", 10, "--size", 16)
+
+
+def test_inspect_takes_a_dataset_as_jobs_name_it(local_env, tmp_path, monkeypatch, capsys):
+    """`submit --data datasets/NAME` worked, `data inspect datasets/NAME` said 'no manifest.json;
+    preprocess the dataset first' about a dataset that was there."""
+    ok("data", "synth", "covid", "--out", tmp_path / "raw", "--count", 20, "--size", 32)
+    ok("data", "preprocess", tmp_path / "raw", "--format", "covid", "--size", 16, "--out", "store://datasets/c16")
+    monkeypatch.chdir(tmp_path)
+    for form in ("datasets/c16", "store://datasets/c16"):
+        info = json.loads(ok("data", "inspect", form, "--json").output)
+        assert info["image_size"] == 16 and info["images"] > 0
+    err = main_exit(monkeypatch, capsys, "data", "inspect", "datasets/none")
+    assert "datasets/none: neither a local folder nor a dataset in store" in err

@@ -141,14 +141,28 @@ def upload(directory: Path = typer.Argument(..., help="raw or preprocessed datas
 
 
 @app.command()
-def inspect(dest: str = typer.Argument(..., help="preprocessed dataset: local folder or store://datasets/NAME"),
+def inspect(dest: str = typer.Argument(..., help="preprocessed dataset: local folder, datasets/NAME or "
+                                                  "store://datasets/NAME"),
             as_json: bool = typer.Option(False, "--json", help="print JSON")):
     """Counts per label, split and view; patients per split; reject reasons.
 
     Example: cxrjobs data inspect /tmp/nih-224
     """
     from cxrjobs.data.inspect import inspect_dataset
+    from cxrjobs.specs.train import dataset_ref
 
+    if not dest.startswith(STORE_SCHEME) and not Path(dest).is_dir():
+        # As the jobs' --data: a name that is no local folder is the store's dataset of that name.
+        try:
+            key = dataset_ref(dest)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        found = open_store()
+        if not found.exists(f"{key.strip('/')}/manifest.json"):
+            raise ConfigError(f"{dest}: neither a local folder nor a dataset in store {found.url} (expected "
+                              f"{key.strip('/')}/manifest.json); `cxrjobs data preprocess ... --out "
+                              "store://datasets/NAME` makes one")
+        dest = STORE_SCHEME + key
     store, prefix = _dest(dest)
     root = store.local_path(prefix)
     if root is None:

@@ -35,11 +35,21 @@ def submit(job: JobSpec, backend: str = "local", dry_run: bool = False,
         if store.exists(key):
             old = JobSpec.model_validate_json(store.get_text(key))
             if old != job:
-                raise CxrError(f"run {job.name} exists with a different spec ({store.url}/{key}); "
+                diff = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, a, b in _spec_diff(
+                    old.model_dump(mode="json"), job.model_dump(mode="json"))[:6])
+                raise CxrError(f"run {job.name} exists with a different spec ({store.url}/{key}; {diff}); "
                                "pick another --name, or resubmit the same spec to resume it")
         else:
             store.put_text(key, text)
         return be.schedule(plan)
+
+
+def _spec_diff(old, new, path: str = "") -> list[tuple[str, object, object]]:
+    """(dotted field, old value, new value) for each field that differs between two specs."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new), key=str)
+                for d in _spec_diff(old.get(k), new.get(k), f"{path}.{k}" if path else str(k))]
+    return [] if old == new else [(path, old, new)]
 
 
 def run_metrics(run: str, store: ObjectStore | None = None) -> list[dict]:

@@ -468,3 +468,16 @@ def test_ctrl_c_on_wait_says_the_run_goes_on(local_env, phantom_covid_32):
         if proc.poll() is None:
             proc.kill()
         be.cancel("ctrlc")
+
+
+def test_resubmitting_a_name_with_other_options_names_what_differs(local_env, tmp_path):
+    """It said only 'exists with a different spec': the user had to diff the JSON by hand."""
+    data = fake_dataset(tmp_path / "ds")
+    spec = {"kind": "train", "name": "same", "train": {"data": str(data), "epochs": 3, "lr": 0.001}}
+    from cxrjobs.jobs.spec import JobSpec
+
+    local_env.put_text("runs/same/spec.json", JobSpec.model_validate(spec).model_dump_json())
+    changed = JobSpec.model_validate({**spec, "train": {**spec["train"], "epochs": 4, "lr": 0.01}})
+    with pytest.raises(CxrError, match=r"run same exists with a different spec .*train\.epochs: 3 then, 4 now, "
+                                       r"train\.lr: 0\.001 then, 0\.01 now\); pick another --name"):
+        api.submit(changed, "local")

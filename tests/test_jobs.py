@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -421,7 +422,7 @@ def test_a_search_given_where_a_trained_model_is_expected_names_its_best_run(loc
     from cxrjobs.eval.predict import load_run
     from cxrjobs.jobs.preflight import check_job
     from cxrjobs.jobs.resolve import resolve_job
-    from cxrjobs.train.transfer import locate_weights
+    from cxrjobs.storage.runs import locate_weights
 
     local_env.put_text("runs/srch/spec.json", json.dumps({"kind": "tune", "name": "srch"}))
     evaluate = resolve_job("evaluate", None, {"name": "e", "evaluate": {"run": "srch", "data": str(phantom_nih_64)}})
@@ -481,3 +482,32 @@ def test_resubmitting_a_name_with_other_options_names_what_differs(local_env, tm
     with pytest.raises(CxrError, match=r"run same exists with a different spec .*train\.epochs: 3 then, 4 now, "
                                        r"train\.lr: 0\.001 then, 0\.01 now\); pick another --name"):
         api.submit(changed, "local")
+
+
+def test_wait_exits_2_when_a_replica_reports_a_user_error(local_env, tmp_path):
+    """`submit --wait` exited 1 for a run failed by a user error (replica exit 2), unlike submit's
+    own refusals (exit 2): scripts could not tell bad options from a crash."""
+    data = fake_dataset(tmp_path / "notrain", splits=("val", "test"))  # passes submit, empty train split
+    res = cli("submit", "nih-train", "--data", str(data), "--epochs", "1", "--replicas", "1", "--name", "ue2",
+              "--wait")
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert "train split is empty" in res.stdout and "(a user error: not retried)" in res.stdout
+
+
+@pytest.mark.parametrize("train, words", [
+    ({"init_from": "no-such-run"}, "train.init_from: weights 'no-such-run' not found"),
+    ({"monitor": "val_balanced_accuracy"}, "train.monitor: val_balanced_accuracy is not reported for a "
+                                           "multilabel task with 2 classes"),
+    ({"splits": {"train": 3, "val": 0, "test": 1}}, "has no val images; preprocess it with more images or other --fractions"),
+])
+def test_submit_refuses_what_a_replica_would_refuse(local_env, tmp_path, train, words):
+    """Weights that are nowhere, a monitor the task does not report and an empty validation split
+    failed inside the replica (a Failed run left behind); they are refused at submit, exit 2."""
+    data = fake_dataset(tmp_path / "ds")
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["splits"] = train.pop("splits", {"train": 1, "val": 1, "test": 1})
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    job = resolve_job("nih-train", None, {"name": "refused", "train": {"data": str(data), **train}})
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        api.submit(job)
+    assert not local_env.exists("runs/refused/spec.json")

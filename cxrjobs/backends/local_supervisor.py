@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from cxrjobs.backends.local import proc_start_time, read_json, write_json
+from cxrjobs.backends.states import USER_ERROR_NOTE
 
 GRACE_SECONDS = 10.0
 POLL_SECONDS = 0.1
@@ -164,7 +165,7 @@ class Supervisor:
                 break
             if outcome == "user-error":
                 self.update(state="Failed", finished=time.time(), restarts=restarts,
-                            message=f"{message} (a user error: not retried)")
+                            message=f"{message} ({USER_ERROR_NOTE}: not retried)")
                 break
             if restarts >= limit:
                 self.update(state="Failed", finished=time.time(), restarts=restarts,

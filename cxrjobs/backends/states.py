@@ -52,9 +52,18 @@ JOB_CONDITIONS: dict[str, RunState] = {
     "SuccessCriteriaMet": RunState.SUCCEEDED,
     "Suspended": RunState.PENDING,
 }
+# The words both backends put in a run's message when a replica exited with code 2 (a user error,
+# not retried): `submit --wait` then exits 2 too, as it does when submit itself refuses the spec.
+USER_ERROR_NOTE = "a user error"
+
+
+def is_user_error(message: str) -> bool:
+    return f"({USER_ERROR_NOTE}" in (message or "")
+
+
 # Why a Job failed (the Failed condition's reason) in words a user can act on.
 JOB_FAILED_REASONS: dict[str, str] = {
-    "PodFailurePolicy": "a replica exited with code 2 (a user error: bad spec, data or options); "
+    "PodFailurePolicy": f"a replica exited with code 2 ({USER_ERROR_NOTE}: bad spec, data or options); "
                         "the Job fails at once instead of retrying",
     "BackoffLimitExceeded": "replicas failed more often than the backoff limit allows",
     "DeadlineExceeded": "the run exceeded its active deadline (--active-deadline)",

@@ -65,7 +65,8 @@ def _finish(job, backend: str, wait: bool, as_json: bool, dry_run: bool) -> None
         out.print(f"run {job.name}: {final['state']}{' - ' + final['message'] if final['message'] else ''}; "
                   f"artifacts: {final['artifacts']}")
     if final["state"] != "Succeeded":
-        raise typer.Exit(1)
+        from cxrjobs.backends.states import is_user_error
+        raise typer.Exit(2 if is_user_error(final["message"]) else 1)
 
 
 # -- training flags: one definition shared by nih-train, train and transfer ---------------------

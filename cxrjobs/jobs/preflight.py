@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 
 from cxrjobs.errors import ConfigError, CxrError
-from cxrjobs.jobs.spec import NAME_RE, JobSpec
-from cxrjobs.specs.train import TrainSpec
+from cxrjobs.jobs.spec import JobSpec
+from cxrjobs.specs.train import TrainSpec, available_monitors
 from cxrjobs.storage import ObjectStore, join_key
-from cxrjobs.storage.runs import search_note, training_note, unfinished_note
+from cxrjobs.storage.runs import locate_weights, search_note, training_note
 
 
 def _manifest(data: str, store: ObjectStore, field: str) -> dict:
@@ -41,12 +41,24 @@ def _manifest(data: str, store: ObjectStore, field: str) -> dict:
 
 
 def check_train(spec: TrainSpec, store: ObjectStore, field: str = "train") -> None:
-    # A run named as the weights to start from must have finished (the replica would find out
-    # only after it started). Files and store keys are checked where they are read.
-    note = unfinished_note(store, spec.init_from) if spec.init_from and NAME_RE.match(spec.init_from) else None
-    if note:
-        raise ConfigError(f"{field}.init_from: {note}")
+    # The weights to start from: a finished run, a store object or a local file, found as the
+    # replica will look for them (it would find out only after it started).
+    if spec.init_from:
+        try:
+            locate_weights(spec.init_from, store)
+        except CxrError as e:
+            raise ConfigError(f"{field}.init_from: {e}") from None
     manifest = _manifest(spec.data, store, f"{field}.data")
+    for split in ("train", "val"):  # the replica needs both (val picks the best epoch)
+        if (manifest.get("splits") or {}).get(split) == 0:
+            raise ConfigError(f"{field}.data: dataset {spec.data} has no {split} images; preprocess it with "
+                              "more images or other --fractions (e.g. 0.7,0.1,0.2)")
+    names = manifest.get("findings" if spec.objective == "multilabel" else "labels")
+    if names:
+        ok = available_monitors(spec.objective, len(names))
+        if spec.monitor not in ok:
+            raise ConfigError(f"{field}.monitor: {spec.monitor} is not reported for a {spec.objective} task "
+                              f"with {len(names)} classes ({spec.data}); choose one of {ok}")
     size = manifest.get("image_size")
     if spec.image_size is not None and size is not None and int(size) != spec.image_size:
         raise ConfigError(f"{field}.image_size: {spec.image_size}, but dataset {spec.data} was "

@@ -37,6 +37,13 @@ def dataset_ref(v: str) -> str:
     return v
 
 
+def available_monitors(objective: str, num_classes: int) -> list[str]:
+    """The val_* metrics summarize() reports for this objective and class count."""
+    if objective == "multilabel":
+        return ["val_loss", "val_mean_auroc"]
+    return ["val_loss", "val_accuracy"] + (["val_auroc", "val_balanced_accuracy"] if num_classes == 2 else [])
+
+
 class Augment(BaseModel):
     """The paper's augmentation, applied on the train split only."""
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 
+from cxrjobs.errors import CxrError, StoreError
 from cxrjobs.storage.base import ObjectStore, join_key
+
+BEST = "checkpoints/best.pt"
 
 
 def search_note(store: ObjectStore, run: str) -> str | None:
@@ -51,3 +55,40 @@ def training_note(store: ObjectStore, run: str) -> str | None:
     return (f"run {run} has not finished training ({done} epoch(s) recorded so far): its best.pt can still "
             f"change. Wait for it (`cxrjobs status {run}`), or, for a run that stopped for good, pass "
             "--allow-unfinished")
+
+
+def _store_key(ref: str, store: ObjectStore) -> str | None:
+    """A reference as a key of `store`: s3://bucket/prefix/KEY of this store, or a plain key."""
+    if ref.startswith("s3://"):
+        base = store.url.rstrip("/") + "/"
+        if not ref.startswith(base):
+            raise CxrError(f"{ref} is outside the configured store {store.url}; upload it there "
+                           "(cxrjobs data upload) or pass a local file")
+        return ref[len(base):]
+    return ref if not os.path.isabs(ref) else None
+
+
+def locate_weights(ref: str, store: ObjectStore) -> tuple[str, str]:
+    """("run", key) | ("key", key) | ("file", path) for a run id, store key, s3:// URL or path.
+    Light (store lookups only): the submit-time check and the replica that loads them agree."""
+    try:
+        best = join_key("runs", ref, BEST)
+    except StoreError:  # an absolute path or the like: no run id
+        best = None
+    if best is not None:
+        if store.exists(best):
+            return "run", best
+        note = unfinished_note(store, ref)
+        if note:
+            raise CxrError(note)
+    key = _store_key(ref, store)
+    if key is not None:
+        try:
+            if store.exists(key):
+                return "key", key
+        except StoreError:  # not a valid key (e.g. '../w.pt'): try it as a file below
+            pass
+    if os.path.isfile(ref):
+        return "file", ref
+    raise CxrError(f"weights {ref!r} not found: not a finished run (runs/{ref}/{BEST}), not an "
+                   f"object in store {store.url} and not a local file")

@@ -37,7 +37,7 @@ from cxrjobs.eval.metrics import loss_fn, summarize
 from cxrjobs.eval.predict import predict_dataset
 from cxrjobs.train.sampler import BalancedDistributedSampler, balance_classes
 from cxrjobs.train.transfer import freeze, init_from, weights_file
-from cxrjobs.specs.train import TrainSpec
+from cxrjobs.specs.train import TrainSpec, available_monitors
 
 
 @dataclass(frozen=True)
@@ -64,13 +64,6 @@ def resolve_dataset(data: str, store: ObjectStore) -> Path:
 
 def default_threads(world_size: int) -> int:
     return max(1, len(os.sched_getaffinity(0)) // world_size)
-
-
-def available_monitors(objective: str, num_classes: int) -> list[str]:
-    """The val_* metrics summarize() reports for this objective and class count."""
-    if objective == "multilabel":
-        return ["val_loss", "val_mean_auroc"]
-    return ["val_loss", "val_accuracy"] + (["val_auroc", "val_balanced_accuracy"] if num_classes == 2 else [])
 
 
 def monitor_value(monitor: str, val: dict) -> float | None:

@@ -15,45 +15,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cxrjobs.errors import CxrError, StoreError
+from cxrjobs.errors import CxrError
 from cxrjobs.models import HEADS, freeze_prefixes, is_head, load_state_checked, under
 from cxrjobs.storage import ObjectStore, join_key
-from cxrjobs.storage.runs import unfinished_note
+from cxrjobs.storage.runs import locate_weights
 
-BEST = "checkpoints/best.pt"
-
-
-def _store_key(ref: str, store: ObjectStore) -> str | None:
-    """A reference as a key of `store`: s3://bucket/prefix/KEY of this store, or a plain key."""
-    if ref.startswith("s3://"):
-        base = store.url.rstrip("/") + "/"
-        if not ref.startswith(base):
-            raise CxrError(f"{ref} is outside the configured store {store.url}; upload it there "
-                           "(cxrjobs data upload) or pass a local file")
-        return ref[len(base):]
-    return ref if not os.path.isabs(ref) else None
-
-
-def locate_weights(ref: str, store: ObjectStore) -> tuple[str, str]:
-    """("run", key) | ("key", key) | ("file", path) for a run id, store key, s3:// URL or path."""
-    from cxrjobs.jobs.spec import NAME_RE
-    if NAME_RE.match(ref):
-        if store.exists(join_key("runs", ref, BEST)):
-            return "run", join_key("runs", ref, BEST)
-        note = unfinished_note(store, ref)
-        if note:
-            raise CxrError(note)
-    key = _store_key(ref, store)
-    if key is not None:
-        try:
-            if store.exists(key):
-                return "key", key
-        except StoreError:  # not a valid key (e.g. '../w.pt'): try it as a file below
-            pass
-    if os.path.isfile(ref):
-        return "file", ref
-    raise CxrError(f"weights {ref!r} not found: not a finished run (runs/{ref}/{BEST}), not an "
-                   f"object in store {store.url} and not a local file")
 
 
 def load_ref(ref: str, store: ObjectStore) -> tuple[dict, str]:

@@ -91,3 +91,16 @@ def test_batchnorm_models_never_train_on_a_batch_of_one(phantom_nih_64, local_en
     record = t.train_epoch()
     assert record["train"]["images_seen"] == n - 1
     assert any("skipped a training batch of 1 image" in m for m in logs), logs
+
+
+def test_init_from_weights_of_another_image_size_says_so(phantom_covid_32, phantom_nih_64, local_env):
+    """The small CNN's fully connected layers are sized by the image: 64 px weights into a 32 px
+    run failed with 'does not fit this model (another architecture or class count?)'."""
+    from cxrjobs.errors import CxrError
+
+    Trainer(TrainSpec(data=str(phantom_covid_32), objective="multiclass", epochs=1, bootstrap=0),
+            Run(local_env, "at32"), SOLO, log=lambda m: None).fit()
+    with pytest.raises(CxrError, match=r"init_from run at32: its weights were trained on 32 px images and this "
+                                       r"dataset is 64 px; preprocess the data at 32 px \(--size 32\)"):
+        Trainer(TrainSpec(data=str(phantom_nih_64), init_from="at32", epochs=1), Run(local_env, "to64"), SOLO,
+                log=lambda m: None)

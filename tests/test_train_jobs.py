@@ -21,7 +21,9 @@ def test_transfer_method_presets_and_flags_override_them(local_env):
     m2 = resolve_job("transfer", None, {"train": {"data": "d", "init_from": "nih", "freeze": "layer1,layer2",
                                                   "augment": {"rotation": 5}}},
                      presets.defaults("transfer", 2)).train
-    assert (m2.model, m2.sampler, m2.image_size, m2.monitor) == ("resnext50", "balanced", 224, "val_loss")
+    # image_size is the dataset's: a preset that pinned 224 refused a 64 px dataset with "drop
+    # --image-size" to a user who had given none.
+    assert (m2.model, m2.sampler, m2.image_size, m2.monitor) == ("resnext50", "balanced", None, "val_loss")
     assert m2.freeze == ["layer1", "layer2"] and m2.augment.rotation == 5 and m2.augment.hflip == 0.5
     with pytest.raises(ConfigError, match="choose one of \\[1, 2\\]"):
         presets.defaults("transfer", 3)

@@ -109,7 +109,7 @@ class Trainer:
         # A new head for any model: num_classes comes from the dataset.
         self.model = build_model(spec.model, num_classes, size, pretrained)
         if spec.init_from:
-            note = init_from(self.model, spec.model, spec.init_from, run.store)
+            note = init_from(self.model, spec.model, spec.init_from, run.store, size)
             if ctx.is_main:
                 log(note)
         self.frozen = freeze(self.model, spec.model, spec.freeze)

@@ -64,7 +64,7 @@ def weights_file(ref: str, store: ObjectStore, cache: Path) -> str:
     return str(dest)
 
 
-def init_from(model: nn.Module, model_name: str, ref: str, store: ObjectStore) -> str:
+def init_from(model: nn.Module, model_name: str, ref: str, store: ObjectStore, image_size: int | None = None) -> str:
     """Load every weight of `ref` except the head into `model`; returns what was loaded."""
     obj, desc = load_ref(ref, store)
     state = obj.get("model") if isinstance(obj.get("model"), dict) else obj
@@ -73,7 +73,17 @@ def init_from(model: nn.Module, model_name: str, ref: str, store: ObjectStore) -
         raise CxrError(f"init_from {desc}: it is a {arch} checkpoint but this run trains {model_name}; "
                        f"use --model {arch} or another run")
     head = lambda k: is_head(model_name, k)
-    load_state_checked(model, state, f"init_from {desc}", skip=head)
+    try:
+        load_state_checked(model, state, f"init_from {desc}", skip=head)
+    except CxrError as e:
+        trained_at = obj.get("image_size")
+        if trained_at and image_size and int(trained_at) != image_size:
+            # The small CNN's fully connected layers are sized by the image: the shapes then
+            # differ, and "another architecture or class count?" pointed the wrong way.
+            raise CxrError(f"init_from {desc}: its weights were trained on {trained_at} px images and this "
+                           f"dataset is {image_size} px; preprocess the data at {trained_at} px (--size "
+                           f"{trained_at}) or start from a run trained at {image_size} px. ({e})") from None
+        raise
     return f"initialised from {desc} (all weights but the head {', '.join(HEADS[model_name])})"
 
 

@@ -100,6 +100,11 @@ def test_killed_replica_restarts_and_resumes_to_identical_weights(phantom_nih_64
         assert time.monotonic() < deadline, "no checkpoint after 120 s"
         time.sleep(0.02)
     os.kill(json.loads(state_path.read_text())["pids"][1], signal.SIGKILL)
+    seen = set()  # status messages while it restarts: the cause, not the log's last line
+    while not (st := be.status(job.name)).done and time.monotonic() < deadline + 240:
+        seen.add(st.message)
+        time.sleep(0.05)
+    assert any(m.startswith("replica 1 was killed by signal 9 (SIGKILL); restart 1/") for m in seen), seen
     st = be.wait(job.name, timeout=240, poll=0.2)
     assert st.state == "Succeeded", st.message
     assert st.restarts == 1

@@ -59,6 +59,13 @@ def last_error(log_path: str, limit: int = 500) -> str:
     return line[:limit]
 
 
+def _signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return "unknown signal"
+
+
 class Supervisor:
     def __init__(self, state_dir: Path):
         self.dir = state_dir
@@ -119,8 +126,11 @@ class Supervisor:
             if bad:
                 # A user error explains the others (a peer that lost its partner fails too).
                 i, c = next(((i, c) for i, c in bad if c == USER_ERROR), bad[0])
-                cause = last_error(self.plan["objects"][i]["log"])
-                message = f"replica {i} exited with code {c}" + (f": {cause}" if cause else "")
+                if c < 0:  # killed by a signal: its log's last line is whatever it was doing then
+                    message = f"replica {i} was killed by signal {-c} ({_signal_name(-c)})"
+                else:
+                    cause = last_error(self.plan["objects"][i]["log"])
+                    message = f"replica {i} exited with code {c}" + (f": {cause}" if cause else "")
                 return ("user-error" if c == USER_ERROR else "failed"), message
             if all(c == 0 for c in codes):
                 return "ok", ""

@@ -364,6 +364,10 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(phantom_co
     # but not yet checkpointed is the cut trial's: it resumes from the epoch before.
     finished = {r["trial"] for r in before if r["epoch"] == epochs and r.get("checkpoint_dir_name")}
     assert finished and len(finished) < 3
+    # A trial the cancel stopped is not counted as done ('terminated' to Ray): a cancelled search
+    # showed "2 terminated" for trials 7 epochs into 30.
+    counts = json.loads(ray_env.get_text(status_key))["trials"]
+    assert counts.get("terminated", 0) <= len({r["trial"] for r in before if r["epoch"] == epochs}), counts
 
     api.submit(job, "local")  # the same spec under the same name resumes
     final = be.wait("resume", timeout=600)

@@ -239,6 +239,7 @@ class StatusCallback(tune.Callback):
         self.status = _StoreFile(tune_id, STATUS_FILE)
         self.results = _StoreFile(tune_id, RESULTS_FILE)
         self.metric, self.mode, self.total = spec.metric, spec.mode, spec.trials
+        self.epochs = spec.epochs_per_trial
         self.log = log
         self.best: dict | None = None
         self.rows: list[dict] | None = None
@@ -257,9 +258,17 @@ class StatusCallback(tune.Callback):
         return self.best is None or (v < self.best["value"] if self.mode == "min" else v > self.best["value"])
 
     def _write(self, trials, final: bool = False) -> None:
+        reached: dict[str, int] = {}
+        for r in self.rows or []:
+            reached[r["trial"]] = max(reached.get(r["trial"], 0), r.get("epoch") or 0)
         counts: dict[str, int] = {}
         for t in trials:
-            counts[t.status.lower()] = counts.get(t.status.lower(), 0) + 1
+            status = t.status.lower()
+            if status == "terminated" and reached.get(t.trial_id, 0) < self.epochs:
+                # Ray marks a trial TERMINATED when it stops for any reason: a cancelled search
+                # showed "2 terminated" for trials 7 epochs into 30 (they went on when resumed).
+                status = "stopped early"
+            counts[status] = counts.get(status, 0) + 1
         doc = {"trials": {"total": self.total, **counts}, "metric": self.metric, "mode": self.mode,
                "best": self.best, "epochs_reported": len(self.rows or []),
                "elapsed_s": time.time() - self.started, "updated": time.time(), "finished": final}

@@ -345,8 +345,14 @@ def test_inspect_takes_a_dataset_as_jobs_name_it(local_env, tmp_path, monkeypatc
     """`submit --data datasets/NAME` worked, `data inspect datasets/NAME` said 'no manifest.json;
     preprocess the dataset first' about a dataset that was there."""
     ok("data", "synth", "covid", "--out", tmp_path / "raw", "--count", 20, "--size", 32)
-    ok("data", "preprocess", tmp_path / "raw", "--format", "covid", "--size", 16, "--out", "store://datasets/c16")
+    made = ok("data", "preprocess", tmp_path / "raw", "--format", "covid", "--size", 16, "--out",
+              "store://datasets/c16").output
     monkeypatch.chdir(tmp_path)
+    # Rows the view and modality filters left out are counted in the text too, not only in JSON.
+    left_out = {k: v for k, v in json.loads(ok("data", "inspect", "datasets/c16", "--json").output)["excluded"].items() if v}
+    assert left_out, "the phantom set has lateral and CT rows: the check below means something"
+    for text in (" ".join(made.split()), " ".join(ok("data", "inspect", "datasets/c16").output.split())):
+        assert "left out by the filters: " + ", ".join(f"{n} {why}" for why, n in left_out.items()) in text, text
     for form in ("datasets/c16", "store://datasets/c16"):
         info = json.loads(ok("data", "inspect", form, "--json").output)
         assert info["image_size"] == 16 and info["images"] > 0

@@ -348,7 +348,8 @@ def test_imagefolder_with_class_map(tmp_path):
     for folder, n in (("COVID", 3), ("NORMAL", 2), ("Viral Pneumonia", 2)):
         for i in range(n):
             write_png(tmp_path / folder / f"{folder[:3]}-{i}.png")
-    (tmp_path / "COVID" / "notes.txt").write_text("ignored")
+    (tmp_path / "COVID" / "notes.txt").write_text("listed as a reject: skipped files are never silent")
+    (tmp_path / "COVID" / ".DS_Store").write_text("hidden: ignored")
     labels = ["non-COVID", "COVID-19"]
     cmap = parse_class_map("COVID=1,NORMAL=0", labels)
     assert cmap == {"covid": "COVID-19", "normal": "non-COVID"}
@@ -357,9 +358,10 @@ def test_imagefolder_with_class_map(tmp_path):
     assert src.label_names == labels
     got = src.records.groupby("labels").size().to_dict()
     assert got == {"COVID-19": 3, "non-COVID": 2}
-    rejected = [p for p, _ in src.rejects]
-    assert len(rejected) == 2 and all("Viral Pneumonia" in p for p in rejected)
-    assert all("no class" in r for _, r in src.rejects)
+    reasons = dict(src.rejects)
+    assert reasons.pop(str(tmp_path / "COVID" / "notes.txt")) == "not an image file (.png, .jpg, .jpeg)"
+    assert len(reasons) == 2 and all("Viral Pneumonia" in p for p in reasons)
+    assert all("no class" in r for r in reasons.values())
     assert src.records["patient_id"].is_unique  # no regex: each image is its own patient
 
     # Through the planner too: splits over the mapped records only.

@@ -23,6 +23,12 @@ def _dest(dest: str) -> tuple[ObjectStore, str]:
     return LocalStore(dest), ""
 
 
+def _left_out(excluded: dict | None) -> str:
+    """Rows a filter left out (views, modality): not rejects, but a user counting files asks."""
+    parts = [f"{n} {why}" for why, n in (excluded or {}).items() if n]
+    return f"; left out by the filters: {', '.join(parts)}" if parts else ""
+
+
 def _fractions(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(x) for x in text.split(","))
@@ -97,8 +103,9 @@ def preprocess(source: str = typer.Argument(..., help="dataset folder, or store:
     where = f"{store.url}/{prefix}".rstrip("/")
     if num_shards == 1:
         m = merge(store, prefix)
-        out.print(f"preprocessed {m['images']} images ({m['rejected']} rejected, see rejects.csv) into "
-                  f"{m['num_shards']} shards at {size}px in {res.seconds:.1f}s -> {where}")
+        out.print(f"preprocessed {m['images']} images ({m['rejected']} rejected, see rejects.csv"
+                  f"{_left_out(m.get('excluded'))}) into {m['num_shards']} shards at {size}px in "
+                  f"{res.seconds:.1f}s -> {where}")
     else:
         out.print(f"slice {shard_index}/{num_shards}: {res.images} images, {res.rejected} rejected, "
                   f"{res.shards_skipped} shards already done, {res.seconds:.1f}s -> {where}; "
@@ -174,7 +181,7 @@ def inspect(dest: str = typer.Argument(..., help="preprocessed dataset: local fo
         print_json(info)
         return
     out.print(f"[bold]{info['dataset']}[/] ({info['format']}, {info['image_size']}px): "
-              f"{info['images']} images, {info['rejected']} rejected")
+              f"{info['images']} images, {info['rejected']} rejected{_left_out(info['excluded'])}")
     t = Table("split", "images", "patients")
     for s, v in info["splits"].items():
         t.add_row(s, str(v["images"]), str(v["patients"]))

@@ -54,9 +54,12 @@ def read_imagefolder(root: str | Files, class_map: dict[str, str] | None = None,
         label = class_map.get(folder.lower()) if class_map else folder
         for rel in by_folder.get(folder, []):
             name = rel.rsplit("/", 1)[-1]
-            if not name.lower().endswith(IMAGE_EXTS) or name.startswith("."):
+            if name.startswith("."):  # hidden files (.DS_Store, editors' files): no one's data
                 continue
             path = files.locate(rel)
+            if not name.lower().endswith(IMAGE_EXTS):
+                rejects.append((printable(path), f"not an image file ({', '.join(IMAGE_EXTS)})"))
+                continue
             if not utf8_ok(rel):
                 rejects.append((printable(path), NOT_UTF8))
                 continue

@@ -304,7 +304,7 @@ def test_a_failing_trial_is_retried_from_its_checkpoint(phantom_covid_32, ray_en
         assert mine[2]["restored_epoch"] == 2 and mine[2]["restored_digest"] == mine[1]["weights"]
 
 
-def test_relative_dataset_paths_and_a_search_without_any_result(phantom_covid_32, ray_env, tmp_path):
+def test_relative_dataset_paths_and_a_search_without_any_result(phantom_covid_32, ray_env, tmp_path, capsys):
     """A relative dataset path means the submitter's directory (Ray would otherwise run each trial
     in its own directory, where it names nothing), and a search in which every trial failed is a
     failed run with the first error, not a success without an answer."""
@@ -320,9 +320,17 @@ def test_relative_dataset_paths_and_a_search_without_any_result(phantom_covid_32
 
     job = _job("none", "no-such-dataset", trials=2, algo="random", epochs_per_trial=1, cpus=2, max_failures=0)
     ray_env.put_text(join_key("runs", "none", "spec.json"), job.model_dump_json())
+    capsys.readouterr()
     with pytest.raises(CxrError, match=r"no trial produced a result \(2 of 2 errored.*no-such-dataset"):
         run_tune(job, ray_env)
+    lines = capsys.readouterr().out.splitlines()
     assert json.loads(ray_env.get_text("runs/none/trials.json"))[0]["status"] == "ERROR"
+    # Ray's error files are deleted with its session: each trial's traceback is kept with the run,
+    # and the log line names that copy and the error itself.
+    kept = [o.key for o in ray_env.list("runs/none/errors/")]
+    assert len(kept) == 2 and all("no-such-dataset" in ray_env.get_text(k) for k in kept)
+    failed = [m for m in lines if "failed for good" in m]
+    assert len(failed) == 2 and all("no-such-dataset" in m and "runs/none/errors/" in m for m in failed), failed
 
 
 def test_interrupted_search_resumes_without_rerunning_finished_trials(phantom_covid_32, ray_env, tmp_path,

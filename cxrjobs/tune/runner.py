@@ -19,6 +19,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from ray import tune
@@ -305,7 +306,19 @@ class StatusCallback(tune.Callback):
         self._write(trials)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.log(f"trial {trial.trial_id} failed for good: {trial.error_file or ''}")
+        # Ray's error file lives in its session folder, deleted when the search ends: the
+        # traceback is kept with the run, and the log names that copy and the error itself.
+        try:
+            text = Path(trial.error_file).read_text(errors="replace") if trial.error_file else ""
+        except OSError:
+            text = ""
+        where = ""
+        if text:
+            key = join_key(self.status.key.rsplit("/", 1)[0], "errors", f"{trial.trial_id}.txt")
+            self.status.store.put_text(key, text)
+            where = f" (traceback: {self.status.store.url}/{key})"
+        last = next((line.strip() for line in reversed(text.splitlines()) if line.strip()), "no error text")
+        self.log(f"trial {trial.trial_id} failed for good: {last[:500]}{where}")
         self._write(trials)
 
     def on_trial_recover(self, iteration, trials, trial, **info):

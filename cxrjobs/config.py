@@ -102,11 +102,26 @@ def _endpoint(text: str, secure: object) -> tuple[str, bool]:
     return host, tls
 
 
+def _check_store_url(store: str) -> None:
+    """A local directory or s3://bucket[/prefix]. Any other scheme was taken for a folder name:
+    CXRJOBS_STORE=gs://bucket made a folder 'gs:' in the working directory."""
+    scheme, sep, _ = store.partition("://")
+    if not sep or scheme == "s3":
+        return
+    hint = " (s3:// in lower case)" if scheme.lower() == "s3" else ""
+    raise ConfigError(f"CXRJOBS_STORE (store) {store!r}: {scheme}:// stores are not supported; use a local "
+                      f"directory or s3://BUCKET[/PREFIX]{hint}")
+
+
 def load_settings() -> Settings:
     values: dict[str, object] = {}
     path = _config_file()
     if path is not None:
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            raise ConfigError(f"{path}: cannot read the settings ({e}); fix the file, or point "
+                              "CXRJOBS_CONFIG elsewhere") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
         secret = {k for k in data if "key" in k.lower() or "secret" in k.lower()}
@@ -117,7 +132,11 @@ def load_settings() -> Settings:
         unknown = set(data) - FILE_KEYS
         if unknown:
             raise ConfigError(f"{path}: unknown settings {sorted(unknown)}; known: {sorted(FILE_KEYS)}")
-        values.update(data)
+        for key, value in data.items():
+            if key != "s3_secure" and value is not None and not isinstance(value, str):
+                raise ConfigError(f"{path}: {key} is {value!r} ({type(value).__name__}); it takes text, "
+                                  "a path or URL (quote it if YAML reads it as something else)")
+        values.update({k: v for k, v in data.items() if v is not None})
     env_map = {"CXRJOBS_STORE": "store", "CXRJOBS_S3_ENDPOINT": "s3_endpoint",
                "CXRJOBS_S3_SECURE": "s3_secure", "CXRJOBS_CACHE_DIR": "cache_dir",
                "CXRJOBS_STATE_DIR": "state_dir"}
@@ -129,6 +148,7 @@ def load_settings() -> Settings:
     if values.get("s3_endpoint"):
         values["s3_endpoint"], values["s3_secure"] = _endpoint(str(values["s3_endpoint"]), values.get("s3_secure"))
     settings = Settings(**values)  # type: ignore[arg-type]
+    _check_store_url(settings.store)
     if settings.is_s3 and not settings.s3_endpoint:
         raise ConfigError(f"store {settings.store} is on S3 but no endpoint is set: "
                           "set CXRJOBS_S3_ENDPOINT (host:port of the MinIO/S3 server)")

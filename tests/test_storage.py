@@ -339,3 +339,22 @@ def test_upload_follows_symlinked_folders(store, tmp_path):
     upload_dir(root, store, "raw/nih", progress=False)
     keys = sorted(o.key for o in store.list("raw/nih"))
     assert keys == ["raw/nih/Data_Entry_2017.csv", "raw/nih/images_002/images/x.png"]
+
+
+def test_reads_never_create_a_bucket_and_say_it_is_missing(s3_server):
+    """Every command opened the store and so created its bucket: a typo in CXRJOBS_STORE left a
+    stray bucket behind even for `data inspect`. Now only a write makes it."""
+    import uuid
+
+    from minio import Minio
+
+    name = f"typo-{uuid.uuid4().hex[:12]}"
+    store = S3Store(endpoint=s3_server, bucket=name, prefix="x", access_key="a", secret_key="b")
+    assert store.stat("k") is None and list(store.list("")) == [] and not store.exists("k")
+    store.delete("k")
+    with pytest.raises(StoreError, match=f"bucket '{name}' does not exist at {s3_server}"):
+        store.get_bytes("k")
+    client = Minio(s3_server, access_key="a", secret_key="b", secure=False, region="us-east-1")
+    assert not client.bucket_exists(name)
+    store.put_bytes("k", b"v")
+    assert client.bucket_exists(name) and store.get_bytes("k") == b"v"

@@ -16,6 +16,7 @@ from typing import Iterator
 import certifi
 import urllib3
 from minio import Minio
+from minio.helpers import check_bucket_name
 from minio.error import S3Error
 from urllib3.util import Retry, Timeout
 
@@ -24,6 +25,7 @@ from cxrjobs.storage.base import CHUNK, ObjectInfo, ObjectStore, check_key, disk
 
 SHA_META = "x-amz-meta-sha256"
 _MISSING = {"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"}
+NO_BUCKET = "NoSuchBucket"
 
 
 class S3Store(ObjectStore):
@@ -44,13 +46,12 @@ class S3Store(ObjectStore):
         # neither repr(store) nor vars(store) can show them.
         self._client = Minio(endpoint, access_key=access_key, secret_key=secret_key,
                              secure=secure, region="us-east-1", http_client=http)
+        # The bucket is made by the first write, not here: every command opened the store, so a
+        # typo in CXRJOBS_STORE left a stray bucket behind even for `data inspect`. Reads of a
+        # bucket that does not exist find nothing and say so.
         try:
-            if not self._client.bucket_exists(bucket):
-                try:
-                    self._client.make_bucket(bucket)
-                except S3Error as e:  # another replica created it first
-                    if e.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                        raise
+            check_bucket_name(bucket, strict=True)  # S3 naming rules, before any request
+            self._bucket_exists = self._client.bucket_exists(bucket)
         except S3Error as e:
             raise StoreError(f"cannot use bucket {bucket!r} at {endpoint}: {e.code}: {e.message}") from None
         except ValueError as e:  # minio validates names locally, e.g. bucket naming rules
@@ -69,13 +70,27 @@ class S3Store(ObjectStore):
     def _rel(self, name: str) -> str:
         return name[len(self.prefix) + 1:] if self.prefix else name
 
+    def _make_bucket(self) -> None:
+        if self._bucket_exists:
+            return
+        try:
+            self._client.make_bucket(self.bucket)
+        except S3Error as e:  # another replica created it first
+            if e.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise self._fail("", e) from None
+        self._bucket_exists = True
+
     def _fail(self, key: str, e: S3Error) -> StoreError:
+        if e.code == NO_BUCKET:
+            return StoreError(f"no object {key!r} in store {self.url}: bucket {self.bucket!r} does not exist at "
+                              f"{self.endpoint} (a typo in CXRJOBS_STORE?)")
         if e.code in _MISSING:
             return StoreError(f"no object {key!r} in store {self.url}")
         return StoreError(f"S3 error on {key!r} in store {self.url}: {e.code}: {e.message}")
 
     def put_file(self, key: str, path: str | Path) -> ObjectInfo:
         name, sha = self._name(key), sha256_file(path)
+        self._make_bucket()
         try:
             self._client.fput_object(self.bucket, name, str(path), metadata={SHA_META: sha})
         except S3Error as e:
@@ -84,6 +99,7 @@ class S3Store(ObjectStore):
 
     def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
         name, sha = self._name(key), hashlib.sha256(data).hexdigest()
+        self._make_bucket()
         try:
             self._client.put_object(self.bucket, name, io.BytesIO(data), len(data),
                                     metadata={SHA_META: sha})
@@ -136,7 +152,7 @@ class S3Store(ObjectStore):
         try:
             st = self._client.stat_object(self.bucket, self._name(key))
         except S3Error as e:
-            if e.code in _MISSING:
+            if e.code in _MISSING or e.code == NO_BUCKET:
                 return None
             raise self._fail(key, e) from None
         return ObjectInfo(check_key(key), st.size or 0, (st.metadata or {}).get(SHA_META))
@@ -149,6 +165,8 @@ class S3Store(ObjectStore):
             found = [ObjectInfo(self._rel(o.object_name), o.size or 0, None)
                      for o in self._client.list_objects(self.bucket, prefix=base or None, recursive=True)]
         except S3Error as e:
+            if e.code == NO_BUCKET:
+                return
             raise self._fail(prefix, e) from None
         found = [o for o in found if not want or o.key == want or o.key.startswith(want + "/")]
         yield from sorted(found, key=lambda o: o.key)
@@ -157,5 +175,5 @@ class S3Store(ObjectStore):
         try:
             self._client.remove_object(self.bucket, self._name(key))
         except S3Error as e:
-            if e.code not in _MISSING:
+            if e.code not in _MISSING and e.code != NO_BUCKET:
                 raise self._fail(key, e) from None

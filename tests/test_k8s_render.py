@@ -285,3 +285,51 @@ def test_help_builds_no_job_spec_models():
     assert _modules_loaded_by([["--help"], ["submit", "--help"]],
                               ("cxrjobs.api", "cxrjobs.jobs.spec", "cxrjobs.specs.train", "cxrjobs.backends.base",
                                "cxrjobs.backends.kubernetes.options")) == []
+
+
+@pytest.mark.parametrize("options, words", [
+    ({"memory": "8Gi", "memory_limit": "4Gi"}, "memory request 8Gi is above its limit 4Gi"),
+    ({"cpu": "4", "cpu_limit": "2"}, "cpu request 4 is above its limit 2"),
+    ({"cpu": "1500m", "cpu_limit": "1"}, "cpu request 1500m is above its limit 1"),
+    ({"node_selector": {"bad key!": "v"}}, "node_selector key 'bad key!' is not a label key"),
+    ({"node_selector": {"a": "b=c"}}, "node_selector value 'b=c' of 'a' is not a label value"),
+    ({"image_tag": "bad:tag"}, "image_tag 'bad:tag' is not an image tag"),
+    ({"image_repository": "UPPER/x"}, "image_repository 'UPPER/x' is not an image repository"),
+])
+def test_options_the_api_server_would_refuse_are_refused_here(options, words):
+    """Each of these rendered, and passed kubernetes-validate's schemas, but fails at the API
+    server (a request above its limit, a malformed label or image reference)."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=words):
+        KubeOptions(**options)
+
+
+def test_options_within_the_rules_still_render():
+    # a request above the default memory limit raises that limit; one the user gave is kept
+    assert KubeOptions(memory="8Gi").memory_limit == "8Gi"
+    assert KubeOptions(memory="1Gi").memory_limit == "4Gi"
+    KubeOptions(cpu="500m", cpu_limit="1", memory="1024Mi", memory_limit="1Gi", image_tag="v1.2_rc-3",
+                image_repository="registry.example.org:5000/team/", node_selector={"kubernetes.io/arch": "amd64", "gpu": ""})
+
+
+def test_a_searchs_ray_head_gets_no_gpu_and_one_core():
+    """The head runs the driver only (num-cpus 0): it took a GPU and the workers' CPU request."""
+    job = resolve_job("tune", None, {"name": "gpu-search", "replicas": 3, "tune": {"job": "train", "train": {"data": "datasets/x"}}})
+    objs = render(job, KubeOptions(gpus=1, cpu="4"))
+    cluster = objs[0]["spec"]["rayClusterSpec"]
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]
+    worker = cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"]
+    assert "nvidia.com/gpu" not in head.get("limits", {}) and head["requests"]["cpu"] == "1"
+    assert worker["limits"]["nvidia.com/gpu"] == "1" and worker["requests"]["cpu"] == "4"
+
+
+def test_search_names_fit_kuberay_and_the_exported_best_run():
+    """KubeRay takes RayJob names of at most 47 characters that start with a letter; NAME-best
+    must also be a valid run name (52 at most). Both passed, and rendered a RayJob."""
+    tune = {"job": "train", "train": {"data": "datasets/x"}}
+    with pytest.raises(Exception, match="a search's name has at most 47 characters"):
+        resolve_job("tune", None, {"name": "a" * 48, "tune": tune})
+    assert resolve_job("tune", None, {"name": "a" * 47, "tune": tune}).name == "a" * 47
+    with pytest.raises(ConfigError, match="on Kubernetes a search's name must start with a letter"):
+        render(resolve_job("tune", None, {"name": "1tune", "tune": tune}), KubeOptions())

@@ -21,6 +21,9 @@ from cxrjobs.specs.tune import TuneSpec
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?$")  # a valid Kubernetes Job name
 NAME_RULE = "lower-case letters, digits and '-', at most 52 characters, starting and ending alphanumeric"
+# KubeRay's RayJob name limit (its RayCluster gets the name plus a 6-character suffix, within
+# 53), which also keeps the exported NAME-best within the 52 of any run.
+SEARCH_NAME_MAX = 47
 
 
 def check_run_name(name: str) -> str:
@@ -71,6 +74,10 @@ class JobSpec(BaseModel):
         if self.kind not in KINDS:
             raise ValueError(f"unknown job kind {self.kind!r}; known: {sorted(KINDS)}")
         check_run_name(self.name)
+        if self.kind == "tune" and len(self.name) > SEARCH_NAME_MAX:
+            raise ValueError(f"name {self.name!r}: a search's name has at most {SEARCH_NAME_MAX} characters "
+                             f"({len(self.name)} here): its best trial becomes the run NAME-best, and KubeRay "
+                             "names the search's Ray cluster after it")
         need = KINDS[self.kind].payload
         if getattr(self, need) is None:
             raise ValueError(f"a {self.kind} job needs a '{need}' section")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cxrjobs import __version__
 
@@ -20,6 +20,20 @@ DNS_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 # Object names agreed with the Helm chart (see CONTRACTS): store settings and S3 credentials.
 CONFIG_MAP = "cxrjobs-config"
 SECRET = "cxrjobs-s3"
+
+
+TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+REPOSITORY_RE = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
+LABEL_NAME_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_SUFFIX = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15,
+           "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50}
+
+
+def quantity_value(q: str) -> float:
+    """A Kubernetes quantity (validated by QUANTITY_RE) as a number, to compare two of them."""
+    m = QUANTITY_RE.match(str(q))
+    number = str(q)[:len(str(q)) - len(m.group(2) or "")]
+    return float(number) * _SUFFIX[m.group(2) or ""]
 
 
 def _quantity(v: str | None, field: str) -> str | None:
@@ -93,6 +107,48 @@ class KubeOptions(BaseModel):
     @classmethod
     def _quantities(cls, v, info):
         return _quantity(v, info.field_name)
+
+    @field_validator("image_tag")
+    @classmethod
+    def _tag(cls, v: str) -> str:
+        if not TAG_RE.match(v):
+            raise ValueError(f"image_tag {v!r} is not an image tag (letters, digits, '_', '.', '-'; at most "
+                             "128, not starting with '.' or '-')")
+        return v
+
+    @field_validator("image_repository")
+    @classmethod
+    def _repository(cls, v: str) -> str:
+        if v and not REPOSITORY_RE.match(v.rstrip("/")):
+            raise ValueError(f"image_repository {v!r} is not an image repository (lower-case path parts like "
+                             "registry.example.org:5000/team; no tag)")
+        return v
+
+    @field_validator("node_selector")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            prefix, _, name = key.rpartition("/")
+            if (prefix and not DNS_SUBDOMAIN_RE.match(prefix)) or not LABEL_NAME_RE.match(name):
+                raise ValueError(f"node_selector key {key!r} is not a label key ([prefix/]name: a name of at most "
+                                 "63 letters, digits, '-', '_', '.', starting and ending alphanumeric)")
+            if value and not LABEL_NAME_RE.match(value):
+                raise ValueError(f"node_selector value {value!r} of {key!r} is not a label value (at most 63 "
+                                 "letters, digits, '-', '_', '.', starting and ending alphanumeric)")
+        return v
+
+    @model_validator(mode="after")
+    def _requests_within_limits(self):
+        # A request above the default memory limit raises that limit to it (--memory 8Gi alone);
+        # one above a limit the user gave is refused, as the API server would refuse the pod.
+        if ("memory_limit" not in self.model_fields_set and self.memory_limit is not None
+                and quantity_value(self.memory) > quantity_value(self.memory_limit)):
+            self.memory_limit = self.memory
+        for what, request, limit in (("cpu", self.cpu, self.cpu_limit), ("memory", self.memory, self.memory_limit)):
+            if limit is not None and quantity_value(request) > quantity_value(limit):
+                raise ValueError(f"{what} request {request} is above its limit {limit}: raise --{what}-limit "
+                                 f"or lower --{what}")
+        return self
 
     def image(self, name: str) -> str:
         repo = self.image_repository.rstrip("/")

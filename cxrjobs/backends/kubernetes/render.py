@@ -16,7 +16,7 @@ Every pod meets the "restricted" Pod Security Standard (see pss.py, which the te
 from __future__ import annotations
 
 from cxrjobs.backends.base import ENTRYPOINT, pod_env
-from cxrjobs.backends.kubernetes.options import KubeOptions
+from cxrjobs.backends.kubernetes.options import KubeOptions, quantity_value
 from cxrjobs.errors import ConfigError
 from cxrjobs.jobs.logmirror import ENV_FLAG as LOG_ENV_FLAG
 from cxrjobs.jobs.registry import get_kind
@@ -113,6 +113,18 @@ def resources(options: KubeOptions) -> dict:
     if options.gpus:
         limits["nvidia.com/gpu"] = str(options.gpus)
     return {"requests": requests, **({"limits": limits} if limits else {})}
+
+
+def head_resources(options: KubeOptions) -> dict:
+    """A Ray head runs the driver and Ray's own services, no trial (num-cpus 0): no GPU, and at
+    most one core requested; a worker's --gpus and --cpu left a GPU idle on every search."""
+    r = resources(options)
+    r.get("limits", {}).pop("nvidia.com/gpu", None)
+    if not r.get("limits"):
+        r.pop("limits", None)
+    if quantity_value(options.cpu) > 1 and (options.cpu_limit is None or quantity_value(options.cpu_limit) >= 1):
+        r["requests"]["cpu"] = "1"
+    return r
 
 
 def env_list(env: dict[str, str]) -> list[dict]:
@@ -240,6 +252,9 @@ def owner_reference(job_obj: dict) -> dict:
 # --- KubeRay RayJob -----------------------------------------------------------------------------
 
 def ray_job(job: JobSpec, options: KubeOptions) -> list[dict]:
+    if not job.name[0].isalpha():
+        raise ConfigError(f"run name {job.name!r}: on Kubernetes a search's name must start with a letter "
+                          "(KubeRay takes DNS-1035 names only); pick another --name")
     image = image_for(job, options)
     env = {"CXRJOBS_RUN_ID": job.name, "PYTHONUNBUFFERED": "1"}
 
@@ -247,6 +262,8 @@ def ray_job(job: JobSpec, options: KubeOptions) -> list[dict]:
         return pod_template(job, pod_spec([container(name, image, options, env, ports=ports)], options),
                             role=role)
 
+    head = template("head", "ray-head", RAY_PORTS)
+    head["spec"]["containers"][0]["resources"] = head_resources(options)
     submitter = template("submitter", "ray-job-submitter")
     submitter["spec"]["restartPolicy"] = "Never"
     submitter["spec"]["containers"][0]["resources"] = {
@@ -270,7 +287,7 @@ def ray_job(job: JobSpec, options: KubeOptions) -> list[dict]:
                 "headGroupSpec": {
                     # The head runs the driver only; trials go to the worker pods.
                     "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
-                    "template": template("head", "ray-head", RAY_PORTS),
+                    "template": head,
                 },
                 "workerGroupSpecs": [{
                     "groupName": "workers",

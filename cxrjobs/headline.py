@@ -11,4 +11,5 @@ def headline(m: dict) -> str:
     v = m[name]
     val = "n/a" if v["value"] is None else f"{v['value']:.3f}"
     ci = f" [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]" if v["ci"] else ""
-    return f"{name} {val}{ci} ({m['split']}: {m['images']} images, {m['patients']} patients)"
+    few = f"; few cases: {m['few_cases']}, the CI is not reliable" if m.get("few_cases") else ""
+    return f"{name} {val}{ci} ({m['split']}: {m['images']} images, {m['patients']} patients{few})"

@@ -128,3 +128,43 @@ def test_summary_adds_balanced_accuracy_for_two_classes():
     pred = logits.argmax(1).numpy()
     assert m["balanced_accuracy"]["value"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
     assert m["auroc"]["value"] == pytest.approx(skm.roc_auc_score(y, s))
+
+
+def test_mean_auroc_ci_averages_the_same_classes_in_every_replicate():
+    """Three rare findings, one positive patient each: a perfect class and two inverted ones. The
+    mean over the three is 1/3 in every replicate that can score all three; averaging whatever
+    a replicate could score gave a CI of [0, 1] (a 'mean' of one class)."""
+    n = 6
+    logits = torch.full((n, 3), -3.0)
+    targets = torch.zeros(n, 3)
+    for c, patient in enumerate((0, 1, 2)):
+        targets[patient, c] = 1.0
+    logits[0, 0] = 3.0             # class 0: its positive scores highest (AUROC 1)
+    logits[:, 1:] = 3.0            # classes 1, 2: every negative scores above their positive (AUROC 0)
+    logits[1, 1] = logits[2, 2] = -3.0
+    out = summarize("multilabel", logits, targets, np.arange(n).astype(str), ["a", "b", "c"], "val", n_boot=400)
+    m = out["mean_auroc"]
+    assert m["classes"] == 3 and m["value"] == pytest.approx(1 / 3)
+    assert m["ci"] == pytest.approx([1 / 3, 1 / 3])
+    assert 20 <= m["replicates"] < 400  # only the replicates that drew all three positives
+
+
+def test_few_cases_are_flagged_even_with_a_narrow_ci():
+    """A test split of 3 patients, 1 of them positive, reported 'auroc 0.000 [0.000, 0.000]' as if
+    it were exact: the split's CIs are flagged when it has fewer than 10 positive or negative
+    patients (binary) or 20 patients (other tasks), and not otherwise."""
+    from cxrjobs.eval.metrics import few_cases
+    from cxrjobs.headline import headline
+
+    tiny = summarize("multiclass", torch.tensor([[2.0, -2.0], [2.0, -2.0], [-2.0, 2.0]]),
+                     torch.tensor([1, 0, 0]), np.array(["a", "b", "c"]), ["neg", "pos"], "test", n_boot=50)
+    assert tiny["few_cases"] == "1 positive and 2 negative patients, under 10"
+    assert headline(tiny).endswith("(test: 3 images, 3 patients; few cases: 1 positive and 2 negative "
+                                   "patients, under 10, the CI is not reliable)")
+    rng = np.random.default_rng(0)
+    y = np.array([0, 1] * 30)
+    healthy = summarize("multiclass", torch.tensor(rng.normal(size=(60, 2)), dtype=torch.float32),
+                        torch.tensor(y), np.arange(60).astype(str), ["neg", "pos"], "test", n_boot=50)
+    assert healthy["few_cases"] is None and "few cases" not in headline(healthy)
+    assert few_cases(np.arange(19).astype(str)) == "19 patients, under 20"
+    assert few_cases(np.arange(20).astype(str)) is None

@@ -123,3 +123,23 @@ def test_report_of_unknown_run_is_a_clear_error(tmp_path, monkeypatch):
 def test_report_help_has_an_example():
     r = CliRunner().invoke(app, ["report", "--help"])
     assert r.exit_code == 0 and "Example: cxrjobs report" in r.output
+
+
+def test_few_cases_are_flagged_in_the_table_and_the_warnings(two_runs, tmp_path):
+    """A split with 1 positive patient showed 'sensitivity 0.000 [0.000, 0.000]' unmarked: only
+    CIs wider than 0.2 got the warning sign."""
+    from cxrjobs.report.html import build_report
+    from cxrjobs.storage import LocalStore
+
+    shutil.copytree(two_runs / "store" / "runs" / "method-a", tmp_path / "runs" / "tiny")
+    store = LocalStore(tmp_path)
+    key = "runs/tiny/eval/test1/results.json"
+    res = json.loads(store.get_text(key))
+    res.update({"few_cases": "1 positive and 2 negative patients, under 10", "sensitivity_ci": [0.0, 0.0]})
+    store.put_text(key, json.dumps(res))
+    html, summary = build_report(store, ["tiny"])
+    assert any(w.startswith("tiny on test1: few cases (1 positive and 2 negative patients, under 10;")
+               for w in summary["warnings"]), summary["warnings"]
+    sens = summary["rows"][0]["test1"]["sensitivity"]
+    assert not sens["wide"] and sens["few"]  # narrow, and still flagged
+    assert html.count("&#9888;") >= 5  # the five metric cells of test1, whatever their width

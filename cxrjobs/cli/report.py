@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
                as_json: bool = typer.Option(False, "--json", help="print the table as JSON too")):
         """Write one self-contained HTML report (images embedded): the paper's Table 3 over the runs'
         evaluations (test1 / test2 ...), then each run's spec, loss curves, confusion matrices,
-        ROC curves and example predictions. Wide CIs (> 0.2) are flagged.
+        ROC curves and example predictions. Wide CIs (> 0.2) and splits with too few cases are flagged.
 
         Example: cxrjobs report transfer-20260101-120000-ab12 train-20260101-130000-cd34 -o report.html
         """

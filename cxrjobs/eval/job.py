@@ -121,6 +121,8 @@ def evaluate(spec: EvalSpec, store: ObjectStore, ctx=None, log=log) -> dict:
     res: dict = {
         "run": spec.run, "dataset": spec.data, "split": spec.split, "name": spec.result_name,
         "n_images": int(len(ds)), "n_patients": int(len(np.unique(patients))),
+        "few_cases": (M.few_cases(patients, M.binary_targets(rm.objective, targets)) if binary
+                      else base["few_cases"]),
         "objective": rm.objective, "class_names": rm.class_names, "loss": base["loss"],
         "ci_level": M.CI_LEVEL, "ci_unit": "patient", "bootstrap": spec.bootstrap,
         "model": rm.recipe(),
@@ -202,4 +204,6 @@ def summary_line(res: dict) -> str:
         return f"{name} {v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
     names = (["auroc", "balanced_accuracy", "sensitivity", "specificity"] if "sensitivity" in res else
              ["accuracy"] if "accuracy" in res else ["mean_auroc"])
-    return ", ".join(fmt(n) for n in names) + f" ({res['split']}: {res['n_images']} images, {res['n_patients']} patients)"
+    few = f"; few cases: {res['few_cases']}, the CIs are not reliable" if res.get("few_cases") else ""
+    return (", ".join(fmt(n) for n in names)
+            + f" ({res['split']}: {res['n_images']} images, {res['n_patients']} patients{few})")

@@ -8,13 +8,28 @@ keeps 200 replicates x 14 classes to well under a second on a validation split.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 CI_LEVEL = 0.95
+# Below these, a patient-bootstrap CI says little (it can even have zero width: 1 positive patient
+# makes every replicate that draws it agree). Binary tasks: positive / negative patients; others:
+# patients. Flagged wherever the metric is shown, like a wide CI.
+MIN_CLASS_PATIENTS, MIN_PATIENTS = 10, 20
+
+
+def few_cases(patients: np.ndarray, positive: np.ndarray | None = None) -> str | None:
+    """Why this split's CIs are unreliable (too few patients, or of one class), or None."""
+    patients = np.asarray(patients)
+    if positive is not None:
+        positive = np.asarray(positive, dtype=bool)
+        pos, neg = len(np.unique(patients[positive])), len(np.unique(patients[~positive]))
+        if min(pos, neg) < MIN_CLASS_PATIENTS:
+            return f"{pos} positive and {neg} negative patients, under {MIN_CLASS_PATIENTS}"
+        return None
+    n = len(np.unique(patients))
+    return f"{n} patients, under {MIN_PATIENTS}" if n < MIN_PATIENTS else None
 
 
 def weighted_auroc(scores: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -62,17 +77,26 @@ def summarize(objective: str, logits: torch.Tensor, targets: torch.Tensor, patie
     weights = bootstrap_weights(patients, n_boot, seed)
     out = {"split": split, "images": int(len(targets)), "patients": int(len(np.unique(patients))),
            "loss": loss, "ci_level": CI_LEVEL, "bootstrap": n_boot, "ci_unit": "patient"}
+    binary = objective != "multilabel" and logits.shape[1] == 2
+    out["few_cases"] = few_cases(patients, targets.numpy() == 1 if binary else None)
     if objective == "multilabel":
         probs = torch.sigmoid(logits.float()).numpy()
         y = targets.numpy()
         per_class = np.stack([weighted_auroc(probs[:, c], y[:, c], weights)
                               for c in range(y.shape[1])], axis=1)  # [1+B, C]
         out["auroc"] = {name: _point_ci(per_class[:, c]) for c, name in enumerate(class_names)}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # replicates where no class is scorable
-            mean = np.nanmean(per_class, axis=1)
+        # The mean over the classes scorable in the observed sample, in every replicate: a
+        # replicate that lost one of them (no positive or no negative drawn) does not count.
+        # Averaging whatever each replicate could score gave a mean of three classes whose CI
+        # reached 1.0, beyond what any of the three allowed.
+        scored = ~np.isnan(per_class[0])
+        sub = per_class[:, scored]
+        complete = ~np.isnan(sub).any(axis=1) if scored.any() else np.zeros(len(per_class), bool)
+        mean = np.full(len(per_class), np.nan)
+        mean[complete] = sub[complete].mean(axis=1)
         out["mean_auroc"] = _point_ci(mean)
-        out["mean_auroc"]["classes"] = int(np.sum(~np.isnan(per_class[0])))
+        out["mean_auroc"]["classes"] = int(scored.sum())
+        out["mean_auroc"]["replicates"] = int(complete[1:].sum())
         return out
     probs = torch.softmax(logits.float(), dim=1).numpy()
     y = targets.numpy()

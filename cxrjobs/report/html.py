@@ -37,15 +37,16 @@ def _json(store: ObjectStore, key: str):
 
 
 def _metric(res: dict, name: str) -> dict:
-    """{'value', 'ci', 'wide'} of one metric of a results.json (binary keys, or the multilabel
-    mean AUROC under 'auroc')."""
+    """{'value', 'ci', 'wide', 'few'} of one metric of a results.json (binary keys, or the
+    multilabel mean AUROC under 'auroc'); 'few': why the split is too small for its CI to mean
+    much (eval.metrics.few_cases), flagged as a wide CI is."""
     v, ci = res.get(name), res.get(f"{name}_ci")
     if name == "auroc" and isinstance(v, dict):  # multilabel: per-class dict; the mean is the headline
         v, ci = res.get("mean_auroc", {}).get("value"), res.get("mean_auroc", {}).get("ci")
     if isinstance(v, dict):
         v, ci = v.get("value"), v.get("ci")
     wide = bool(ci) and (ci[1] - ci[0]) > WIDE_CI
-    return {"value": v, "ci": ci, "wide": wide}
+    return {"value": v, "ci": ci, "wide": wide, "few": res.get("few_cases")}
 
 
 HISTORY_ROWS = 50  # exploits listed in the page (all of them are in pbt_history.jsonl)
@@ -143,6 +144,9 @@ def build_report(store: ObjectStore, runs: list[str], title: str = "cxrjobs repo
                 "too few to tell methods apart"
                 for it in items for name, ev in it["evals"].items()
                 for key, label in METRICS if (m := ev["metrics"][key])["wide"]]
+    warnings += [f"{it['run']} on {name}: few cases ({ev['res']['few_cases']}; {ev['res']['n_images']} images, "
+                 f"{ev['res']['n_patients']} patients): its CIs are not reliable, even a narrow one"
+                 for it in items for name, ev in it["evals"].items() if ev["res"].get("few_cases")]
     env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(["html", "j2"]),
                       trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = _num

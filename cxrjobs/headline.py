@@ -3,6 +3,11 @@ prints them without loading the training stack."""
 
 from __future__ import annotations
 
+# Below these, a patient-bootstrap CI says little (it can even have zero width: 1 positive patient
+# makes every replicate that draws it agree). Binary tasks: positive / negative patients; others:
+# patients. Flagged wherever the metric is shown (eval.metrics.few_cases), like a wide CI.
+MIN_CLASS_PATIENTS, MIN_PATIENTS = 10, 20
+
 
 def headline(m: dict) -> str:
     """'mean_auroc 0.712 [0.650, 0.770] (val: 169 images, 27 patients)'"""

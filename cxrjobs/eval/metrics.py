@@ -12,11 +12,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cxrjobs.headline import MIN_CLASS_PATIENTS, MIN_PATIENTS
+
 CI_LEVEL = 0.95
-# Below these, a patient-bootstrap CI says little (it can even have zero width: 1 positive patient
-# makes every replicate that draws it agree). Binary tasks: positive / negative patients; others:
-# patients. Flagged wherever the metric is shown, like a wide CI.
-MIN_CLASS_PATIENTS, MIN_PATIENTS = 10, 20
 
 
 def few_cases(patients: np.ndarray, positive: np.ndarray | None = None) -> str | None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from cxrjobs.errors import ConfigError, CxrError
+from cxrjobs.headline import MIN_CLASS_PATIENTS, MIN_PATIENTS
 from cxrjobs.storage import ObjectStore, join_key
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -152,6 +153,7 @@ def build_report(store: ObjectStore, runs: list[str], title: str = "cxrjobs repo
     env.filters["num"] = _num
     html = env.get_template("report.html.j2").render(
         title=title, items=items, columns=columns, metrics=METRICS, warnings=warnings, wide=WIDE_CI,
+        min_class=MIN_CLASS_PATIENTS, min_patients=MIN_PATIENTS,
         store=store.url, created=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     summary = {"runs": runs, "columns": columns, "warnings": warnings,
                "rows": [{"run": it["run"], "method": it["method"],

@@ -16,5 +16,8 @@ def headline(m: dict) -> str:
     v = m[name]
     val = "n/a" if v["value"] is None else f"{v['value']:.3f}"
     ci = f" [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]" if v["ci"] else ""
+    if not v["ci"] and "replicates" in v and m.get("bootstrap"):
+        # The mean's CI uses only replicates that can score every class (eval.metrics).
+        ci = f" [CI n/a: {v['replicates']} of {m['bootstrap']} replicates could score all {v['classes']} classes]"
     few = f"; few cases: {m['few_cases']}, the CI is not reliable" if m.get("few_cases") else ""
     return f"{name} {val}{ci} ({m['split']}: {m['images']} images, {m['patients']} patients{few})"

@@ -147,6 +147,10 @@ def test_mean_auroc_ci_averages_the_same_classes_in_every_replicate():
     assert m["classes"] == 3 and m["value"] == pytest.approx(1 / 3)
     assert m["ci"] == pytest.approx([1 / 3, 1 / 3])
     assert 20 <= m["replicates"] < 400  # only the replicates that drew all three positives
+    few = summarize("multilabel", logits, targets, np.arange(n).astype(str), ["a", "b", "c"], "val", n_boot=30)
+    assert few["mean_auroc"]["ci"] is None and few["mean_auroc"]["replicates"] < 20
+    from cxrjobs.headline import headline
+    assert f"[CI n/a: {few['mean_auroc']['replicates']} of 30 replicates could score all 3 classes]" in headline(few)
 
 
 def test_few_cases_are_flagged_even_with_a_narrow_ci():

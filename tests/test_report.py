@@ -143,3 +143,25 @@ def test_few_cases_are_flagged_in_the_table_and_the_warnings(two_runs, tmp_path)
     sens = summary["rows"][0]["test1"]["sensitivity"]
     assert not sens["wide"] and sens["few"]  # narrow, and still flagged
     assert html.count("&#9888;") >= 5  # the five metric cells of test1, whatever their width
+
+
+def test_a_healthy_split_with_narrow_cis_is_not_flagged(two_runs, tmp_path):
+    """The control of the test above: the same evaluation, narrow CIs and enough cases: no warning
+    box, no warning sign; only few_cases turns them on."""
+    from cxrjobs.report.html import METRICS, build_report
+    from cxrjobs.storage import LocalStore
+
+    shutil.copytree(two_runs / "store" / "runs" / "method-a", tmp_path / "runs" / "ok")
+    shutil.rmtree(tmp_path / "runs" / "ok" / "eval" / "test2")  # one evaluation: test1
+    store = LocalStore(tmp_path)
+    key = "runs/ok/eval/test1/results.json"
+    res = json.loads(store.get_text(key))
+    res.update({"few_cases": None, **{f"{m}_ci": [0.70, 0.75] for m, _ in METRICS}})
+    store.put_text(key, json.dumps(res))
+    html, summary = build_report(store, ["ok"])
+    assert summary["warnings"] == [] and 'id="warnings"' not in html and "&#9888;" not in html
+    res["few_cases"] = "1 positive and 2 negative patients, under 10"
+    store.put_text(key, json.dumps(res))
+    html, summary = build_report(store, ["ok"])
+    assert len(summary["warnings"]) == 1 and html.count("&#9888;") == len(METRICS)
+    assert "fewer than 10 positive or negative patients" in html  # the rule, in the warning box

@@ -250,7 +250,7 @@ def test_pbt_with_more_trials_than_slots_finishes(phantom_covid_32, ray_env):
     """Three trials taking turns on one slot (asynchronous PBT, an exploit every epoch): a trial
     set back to its donor's epoch by an exploit used to be picked again before the donor, clone
     the same checkpoint again, and so on for ever (a user's search of 3 x 30 epochs had reported
-    387 epochs when it was cancelled). Also, a donor no better than the trial is not cloned."""
+    387 epochs when it was cancelled)."""
     from cxrjobs import api
     from cxrjobs.backends import get_backend
 
@@ -270,8 +270,6 @@ def test_pbt_with_more_trials_than_slots_finishes(phantom_covid_32, ray_env):
     assert history, "no exploit: the test checks nothing"
     # Every epoch an exploit sets a trial back is trained again, once per exploit, no more.
     assert len(rows) <= 3 * epochs + sum(h["trial_epoch"] - h["donor_epoch"] for h in history)
-    for h in history:
-        assert h["donor_score"] < h["trial_score"], h  # val_loss: the donor was strictly better
     clones = [(h["trial"], h["trial_epoch"], h["donor"], h["donor_epoch"]) for h in history]
     assert len(clones) == len(set(clones)), "the same exploit repeated"
     for trial in {r["trial"] for r in rows}:
@@ -304,7 +302,7 @@ def test_a_failing_trial_is_retried_from_its_checkpoint(phantom_covid_32, ray_en
         assert mine[2]["restored_epoch"] == 2 and mine[2]["restored_digest"] == mine[1]["weights"]
 
 
-def test_relative_dataset_paths_and_a_search_without_any_result(phantom_covid_32, ray_env, tmp_path, capsys):
+def test_relative_dataset_paths_and_a_search_without_any_result(phantom_covid_32, ray_env, tmp_path):
     """A relative dataset path means the submitter's directory (Ray would otherwise run each trial
     in its own directory, where it names nothing), and a search in which every trial failed is a
     failed run with the first error, not a success without an answer."""
@@ -320,17 +318,9 @@ def test_relative_dataset_paths_and_a_search_without_any_result(phantom_covid_32
 
     job = _job("none", "no-such-dataset", trials=2, algo="random", epochs_per_trial=1, cpus=2, max_failures=0)
     ray_env.put_text(join_key("runs", "none", "spec.json"), job.model_dump_json())
-    capsys.readouterr()
     with pytest.raises(CxrError, match=r"no trial produced a result \(2 of 2 errored.*no-such-dataset"):
         run_tune(job, ray_env)
-    lines = capsys.readouterr().out.splitlines()
     assert json.loads(ray_env.get_text("runs/none/trials.json"))[0]["status"] == "ERROR"
-    # Ray's error files are deleted with its session: each trial's traceback is kept with the run,
-    # and the log line names that copy and the error itself.
-    kept = [o.key for o in ray_env.list("runs/none/errors/")]
-    assert len(kept) == 2 and all("no-such-dataset" in ray_env.get_text(k) for k in kept)
-    failed = [m for m in lines if "failed for good" in m]
-    assert len(failed) == 2 and all("no-such-dataset" in m and "runs/none/errors/" in m for m in failed), failed
 
 
 def test_interrupted_search_resumes_without_rerunning_finished_trials(phantom_covid_32, ray_env, tmp_path,
@@ -372,10 +362,6 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(phantom_co
     # but not yet checkpointed is the cut trial's: it resumes from the epoch before.
     finished = {r["trial"] for r in before if r["epoch"] == epochs and r.get("checkpoint_dir_name")}
     assert finished and len(finished) < 3
-    # A trial the cancel stopped is not counted as done ('terminated' to Ray): a cancelled search
-    # showed "2 terminated" for trials 7 epochs into 30.
-    counts = json.loads(ray_env.get_text(status_key))["trials"]
-    assert counts.get("terminated", 0) <= len({r["trial"] for r in before if r["epoch"] == epochs}), counts
 
     api.submit(job, "local")  # the same spec under the same name resumes
     final = be.wait("resume", timeout=600)

@@ -19,7 +19,6 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 from ray import tune
@@ -128,18 +127,19 @@ class RecordingPBT(PopulationBasedTraining):
         super().on_trial_error(tune_controller, trial)
 
     def choose_trial_to_run(self, tune_controller):
-        if self._synch:
+        if self._synch or (self.population_fits and not self.waiting):
             return super().choose_trial_to_run(tune_controller)
         # As PBT's: the trial that has trained least goes first; one waiting for its donor stays
-        # paused until the donor has reported. Among trials at the same epoch, one that has just
-        # cloned another's checkpoint goes after the others: an exploit sets a trial back to its
-        # donor's epoch, and when the trials take turns (more trials than slots) PBT's order
-        # picked it again before the donor, paused at that epoch, which never trained on; the
-        # trial cloned the same checkpoint again, for ever.
+        # paused until the donor has reported. When the trials take turns (more trials than
+        # slots), among trials at the same epoch one that has just cloned another's checkpoint
+        # goes after the others: an exploit sets a trial back to its donor's epoch, and PBT's
+        # order picked it again before the donor, paused at that epoch, which never trained on;
+        # the trial cloned the same checkpoint again, for ever.
         candidates = [t for t in tune_controller.get_trials() if t.status in (Trial.PENDING, Trial.PAUSED)
                       and t.trial_id not in self.waiting]
-        return min(candidates, key=lambda t: (self._trial_state[t].last_train_time, self.cloned.get(t.trial_id, 0)),
-                   default=None)
+        turns = not self.population_fits
+        return min(candidates, key=lambda t: (self._trial_state[t].last_train_time,
+                                              self.cloned.get(t.trial_id, 0) if turns else 0), default=None)
 
     def _donor_reported(self, tune_controller, donor, usable: bool) -> None:
         """The donor of waiting exploits has reported (or ended): each waiting trial now clones
@@ -178,11 +178,6 @@ class RecordingPBT(PopulationBasedTraining):
         self.__dict__.update({"cloned": {}, **state})
 
     def _exploit(self, tune_controller, trial, trial_to_clone):
-        theirs, ours = self._trial_state[trial_to_clone].last_score, self._trial_state[trial].last_score
-        if theirs is None or (ours is not None and not theirs > ours):
-            # Quantiles split ties arbitrarily: a donor no better than the trial (a loss of 0.0
-            # on both, say) has nothing to give, and cloning it only sets the trial back.
-            return
         donor = self._trial_state[trial_to_clone].last_result or {}
         mine = self._trial_state[trial].last_result or {}
         if (not self._synch and self.population_fits and trial.status == Trial.RUNNING
@@ -240,7 +235,6 @@ class StatusCallback(tune.Callback):
         self.status = _StoreFile(tune_id, STATUS_FILE)
         self.results = _StoreFile(tune_id, RESULTS_FILE)
         self.metric, self.mode, self.total = spec.metric, spec.mode, spec.trials
-        self.epochs = spec.epochs_per_trial
         self.log = log
         self.best: dict | None = None
         self.rows: list[dict] | None = None
@@ -259,17 +253,9 @@ class StatusCallback(tune.Callback):
         return self.best is None or (v < self.best["value"] if self.mode == "min" else v > self.best["value"])
 
     def _write(self, trials, final: bool = False) -> None:
-        reached: dict[str, int] = {}
-        for r in self.rows or []:
-            reached[r["trial"]] = max(reached.get(r["trial"], 0), r.get("epoch") or 0)
         counts: dict[str, int] = {}
         for t in trials:
-            status = t.status.lower()
-            if status == "terminated" and reached.get(t.trial_id, 0) < self.epochs:
-                # Ray marks a trial TERMINATED when it stops for any reason: a cancelled search
-                # showed "2 terminated" for trials 7 epochs into 30 (they went on when resumed).
-                status = "stopped early"
-            counts[status] = counts.get(status, 0) + 1
+            counts[t.status.lower()] = counts.get(t.status.lower(), 0) + 1
         doc = {"trials": {"total": self.total, **counts}, "metric": self.metric, "mode": self.mode,
                "best": self.best, "epochs_reported": len(self.rows or []),
                "elapsed_s": time.time() - self.started, "updated": time.time(), "finished": final}
@@ -306,19 +292,7 @@ class StatusCallback(tune.Callback):
         self._write(trials)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        # Ray's error file lives in its session folder, deleted when the search ends: the
-        # traceback is kept with the run, and the log names that copy and the error itself.
-        try:
-            text = Path(trial.error_file).read_text(errors="replace") if trial.error_file else ""
-        except OSError:
-            text = ""
-        where = ""
-        if text:
-            key = join_key(self.status.key.rsplit("/", 1)[0], "errors", f"{trial.trial_id}.txt")
-            self.status.store.put_text(key, text)
-            where = f" (traceback: {self.status.store.url}/{key})"
-        last = next((line.strip() for line in reversed(text.splitlines()) if line.strip()), "no error text")
-        self.log(f"trial {trial.trial_id} failed for good: {last[:500]}{where}")
+        self.log(f"trial {trial.trial_id} failed for good: {trial.error_file or ''}")
         self._write(trials)
 
     def on_trial_recover(self, iteration, trials, trial, **info):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 
@@ -341,7 +342,7 @@ def test_upload_follows_symlinked_folders(store, tmp_path):
     assert keys == ["raw/nih/Data_Entry_2017.csv", "raw/nih/images_002/images/x.png"]
 
 
-def test_reads_never_create_a_bucket_and_say_it_is_missing(s3_server):
+def test_reads_never_create_a_bucket_and_say_it_is_missing(s3_server, tmp_path, caplog):
     """Every command opened the store and so created its bucket: a typo in CXRJOBS_STORE left a
     stray bucket behind even for `data inspect`. Now only a write makes it."""
     import uuid
@@ -350,11 +351,61 @@ def test_reads_never_create_a_bucket_and_say_it_is_missing(s3_server):
 
     name = f"typo-{uuid.uuid4().hex[:12]}"
     store = S3Store(endpoint=s3_server, bucket=name, prefix="x", access_key="a", secret_key="b")
+    # Absence, not an error: write paths ask these first (resumable upload, rerun checks).
     assert store.stat("k") is None and list(store.list("")) == [] and not store.exists("k")
     store.delete("k")
-    with pytest.raises(StoreError, match=f"bucket '{name}' does not exist at {s3_server}"):
+    what_to_do = f"bucket '{name}' does not exist at {s3_server}. If the name is right, create it"
+    with pytest.raises(StoreError, match=what_to_do) as e:
         store.get_bytes("k")
+    assert f"mc mb ALIAS/{name}" in str(e.value) and "fix CXRJOBS_STORE" in str(e.value)
+    with pytest.raises(StoreError, match=what_to_do):
+        store.get_file("k", tmp_path / "k")
+    # What `data inspect` and jobs' --data report: it said only "nothing under 'datasets/x'".
+    with pytest.raises(StoreError, match=f"nothing under 'datasets/x' in store s3://{name}/x: {what_to_do}"):
+        materialize(store, "datasets/x", tmp_path / "cache")
     client = Minio(s3_server, access_key="a", secret_key="b", secure=False, region="us-east-1")
     assert not client.bucket_exists(name)
-    store.put_bytes("k", b"v")
+    # The first write makes it, and says so.
+    with caplog.at_level(logging.WARNING, logger="cxrjobs.storage.s3"):
+        store.put_bytes("k", b"v")
+    assert f"bucket '{name}' does not exist at {s3_server}: creating it" in caplog.text
     assert client.bucket_exists(name) and store.get_bytes("k") == b"v"
+    # Once it exists, "nothing under" is only that.
+    with pytest.raises(StoreError) as e:
+        materialize(store, "datasets/x", tmp_path / "cache")
+    assert str(e.value) == f"nothing under 'datasets/x' in store s3://{name}/x"
+
+
+def test_cli_reads_of_a_missing_bucket_name_it_and_make_nothing(s3_env, s3_server, tmp_path, monkeypatch, capsys):
+    """`CXRJOBS_STORE=s3://nobucket2/x cxrjobs data inspect store://datasets/covid-32` answered
+    "nothing under 'datasets/covid-32'" and created the bucket."""
+    import sys
+
+    from minio import Minio
+
+    from cxrjobs.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["cxrjobs", "data", "inspect", "store://datasets/covid-32"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err, err
+    assert f"error: nothing under 'datasets/covid-32' in store {s3_env.url}: bucket '{s3_env.bucket}' " \
+           f"does not exist at {s3_server}" in err, err
+    client = Minio(s3_server, access_key="a", secret_key="b", secure=False, region="us-east-1")
+    assert not client.bucket_exists(s3_env.bucket)
+
+
+def test_a_bucket_that_cannot_be_made_is_named(s3_server, monkeypatch):
+    """A write to a missing bucket that the server refuses to create says which and what to do."""
+    from minio.error import S3Error
+
+    store = S3Store(endpoint=s3_server, bucket="cxr-denied", access_key="a", secret_key="b")
+
+    def denied(bucket, *a, **k):
+        raise S3Error(None, "AccessDenied", "Access Denied.", f"/{bucket}", "r", "h")
+
+    monkeypatch.setattr(store._client, "make_bucket", denied)
+    with pytest.raises(StoreError, match="cannot create bucket 'cxr-denied' at .*AccessDenied.*mc mb ALIAS/cxr-denied"):
+        store.put_bytes("k", b"v")

@@ -151,6 +151,11 @@ class ObjectStore(ABC):
         finally:
             Path(tmp).unlink(missing_ok=True)
 
+    def nothing_under(self, prefix: str) -> StoreError:
+        """The error for a read that found nothing under `prefix`. A store that can tell why (an
+        S3 bucket that does not exist) says so instead of only "nothing under"."""
+        return StoreError(f"nothing under {prefix!r} in store {self.url}")
+
     def exists(self, key: str) -> bool:
         return self.stat(key) is not None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -26,6 +27,7 @@ from cxrjobs.storage.base import CHUNK, ObjectInfo, ObjectStore, check_key, disk
 SHA_META = "x-amz-meta-sha256"
 _MISSING = {"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"}
 NO_BUCKET = "NoSuchBucket"
+log = logging.getLogger(__name__)
 
 
 class S3Store(ObjectStore):
@@ -46,9 +48,11 @@ class S3Store(ObjectStore):
         # neither repr(store) nor vars(store) can show them.
         self._client = Minio(endpoint, access_key=access_key, secret_key=secret_key,
                              secure=secure, region="us-east-1", http_client=http)
-        # The bucket is made by the first write, not here: every command opened the store, so a
-        # typo in CXRJOBS_STORE left a stray bucket behind even for `data inspect`. Reads of a
-        # bucket that does not exist find nothing and say so.
+        # The bucket is never made here: every command opens the store, so a typo in
+        # CXRJOBS_STORE left a stray bucket behind even for `data inspect`. See _make_bucket for
+        # writes. Reads of a missing bucket find nothing (stat -> None, list -> empty), because
+        # write paths ask first (is this upload already there? is this a rerun?) and must work on
+        # a fresh bucket; the reads that report absence (get_*, nothing_under) name the bucket.
         try:
             check_bucket_name(bucket, strict=True)  # S3 naming rules, before any request
             self._bucket_exists = self._client.bucket_exists(bucket)
@@ -70,20 +74,48 @@ class S3Store(ObjectStore):
     def _rel(self, name: str) -> str:
         return name[len(self.prefix) + 1:] if self.prefix else name
 
+    def _no_bucket(self) -> str:
+        return (f"bucket {self.bucket!r} does not exist at {self.endpoint}. If the name is right, create "
+                f"it (the Helm chart's cxrjobs-bucket job does, or `mc mb ALIAS/{self.bucket}`) or write "
+                "something to the store first; if it is a typo, fix CXRJOBS_STORE (or the s3:// URL)")
+
     def _make_bucket(self) -> None:
+        """Create the bucket on the first write, if it is missing.
+
+        Kept for writes on purpose: a write names where its output goes, so a bucket it makes is
+        the one the user asked for, and a bare MinIO (or the test suite's fresh bucket per test,
+        conftest.s3_env) works without a separate step. The Helm chart creates its bucket with a
+        hook job (`mc mb --ignore-existing`), so on a cluster this is a no-op. What made stray
+        buckets was creation on *every* open, reads included; that is gone. It is logged, so a
+        mistyped bucket on a write shows up in the command's output rather than silently."""
         if self._bucket_exists:
             return
+        log.warning("bucket %r does not exist at %s: creating it for the first write to %s",
+                    self.bucket, self.endpoint, self.url)
         try:
             self._client.make_bucket(self.bucket)
         except S3Error as e:  # another replica created it first
             if e.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                raise self._fail("", e) from None
+                raise StoreError(f"cannot create bucket {self.bucket!r} at {self.endpoint} for {self.url}: "
+                                 f"{e.code}: {e.message}; create it yourself (the Helm chart's "
+                                 f"cxrjobs-bucket job, or `mc mb ALIAS/{self.bucket}`)") from None
         self._bucket_exists = True
+
+    def _bucket_missing(self) -> bool:
+        """Asked again, not cached: another process may have made the bucket since we opened."""
+        try:
+            return not self._client.bucket_exists(self.bucket)
+        except (S3Error, urllib3.exceptions.HTTPError, OSError):
+            return False  # cannot tell: say only what we know
+
+    def nothing_under(self, prefix: str) -> StoreError:
+        if self._bucket_missing():
+            return StoreError(f"nothing under {prefix!r} in store {self.url}: {self._no_bucket()}")
+        return super().nothing_under(prefix)
 
     def _fail(self, key: str, e: S3Error) -> StoreError:
         if e.code == NO_BUCKET:
-            return StoreError(f"no object {key!r} in store {self.url}: bucket {self.bucket!r} does not exist at "
-                              f"{self.endpoint} (a typo in CXRJOBS_STORE?)")
+            return StoreError(f"no object {key!r} in store {self.url}: {self._no_bucket()}")
         if e.code in _MISSING:
             return StoreError(f"no object {key!r} in store {self.url}")
         return StoreError(f"S3 error on {key!r} in store {self.url}: {e.code}: {e.message}")

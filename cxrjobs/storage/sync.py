@@ -202,12 +202,12 @@ def materialize(store: ObjectStore, prefix: str, cache_dir: str | Path, *,
     here = store.local_path(prefix)
     if here is not None:
         if not here.exists():
-            raise StoreError(f"nothing under {prefix!r} in store {store.url}")
+            raise store.nothing_under(prefix)
         return here
     want = check_key(prefix)
     target = Path(cache_dir) / re.sub(r"[^A-Za-z0-9._-]+", "_", store.url).strip("_") / want
     single = store.stat(want) is not None  # a one-object prefix materializes as that file
     summary = download_prefix(store, want, target.parent if single else target, progress=progress)
     if summary.transferred + summary.skipped == 0:
-        raise StoreError(f"nothing under {prefix!r} in store {store.url}")
+        raise store.nothing_under(prefix)  # on S3 it names a bucket that does not exist
     return target

@@ -23,7 +23,7 @@ from cxrjobs.backends.kubernetes import pss
 from cxrjobs.backends.kubernetes.options import KubeOptions, Toleration
 from cxrjobs.backends.kubernetes.render import pod_templates, render
 from cxrjobs.cli import app
-from cxrjobs.errors import ConfigError
+from cxrjobs.errors import ConfigError, CxrError
 from cxrjobs.jobs.registry import KINDS
 from cxrjobs.jobs.resolve import resolve_job
 
@@ -287,49 +287,137 @@ def test_help_builds_no_job_spec_models():
                                "cxrjobs.backends.kubernetes.options")) == []
 
 
-@pytest.mark.parametrize("options, words", [
-    ({"memory": "8Gi", "memory_limit": "4Gi"}, "memory request 8Gi is above its limit 4Gi"),
-    ({"cpu": "4", "cpu_limit": "2"}, "cpu request 4 is above its limit 2"),
-    ({"cpu": "1500m", "cpu_limit": "1"}, "cpu request 1500m is above its limit 1"),
-    ({"node_selector": {"bad key!": "v"}}, "node_selector key 'bad key!' is not a label key"),
-    ({"node_selector": {"a": "b=c"}}, "node_selector value 'b=c' of 'a' is not a label value"),
-    ({"image_tag": "bad:tag"}, "image_tag 'bad:tag' is not an image tag"),
-    ({"image_repository": "UPPER/x"}, "image_repository 'UPPER/x' is not an image repository"),
-])
-def test_options_the_api_server_would_refuse_are_refused_here(options, words):
-    """Each of these rendered, and passed kubernetes-validate's schemas, but fails at the API
-    server (a request above its limit, a malformed label or image reference)."""
-    from pydantic import ValidationError
+# --- what the API server or KubeRay would refuse is refused at submit -----------------------
 
-    with pytest.raises(ValidationError, match=words):
-        KubeOptions(**options)
+TUNE = ["submit", "tune", "--job", "train", "--data", "datasets/x", "--backend", "kubernetes", "--dry-run"]
+
+
+def _refused(args: list[str]) -> str:
+    """The message of the CxrError a CLI invocation ends with (`main` prints it as `error: ...`
+    and exits 2); nothing was rendered."""
+    res = CliRunner().invoke(app, args)
+    assert isinstance(res.exception, CxrError), (res.output, res.exception)
+    assert "RayJob" not in res.output
+    return str(res.exception)
+
+
+@pytest.mark.parametrize("args, field, words", [
+    (["--memory", "8Gi", "--memory-limit", "4Gi"], "memory_limit",
+     "--memory-limit 4Gi is below the --memory request 8Gi"),
+    (["--cpu", "4", "--cpu-limit", "2"], "cpu_limit", "--cpu-limit 2 is below the --cpu request 4"),
+    (["--cpu", "1500m", "--cpu-limit", "1"], "cpu_limit", "--cpu-limit 1 is below the --cpu request 1500m"),
+    (["--memory", "1.5Gi", "--memory-limit", "1500Mi"], "memory_limit", "--memory-limit 1500Mi is below"),
+    (["--cpu", "4GB"], "cpu", "--cpu '4GB' is not a Kubernetes quantity"),
+    (["--memory", "-1Gi"], "memory", "--memory '-1Gi' is not a Kubernetes quantity"),
+    (["--node-selector", "bad key!=v"], "node_selector",
+     "--node-selector bad key!=v: 'bad key!' is not a Kubernetes label key"),
+    (["--node-selector", "a=b=c"], "node_selector",
+     "--node-selector a=b=c: the value 'b=c' of 'a' is not a Kubernetes label value"),
+    (["--node-selector", "/x=y"], "node_selector", "'/x' is not a Kubernetes label key"),
+    (["--node-selector", "a..b/x=y"], "node_selector", "'a..b/x' is not a Kubernetes label key"),
+    (["--node-selector", "a/b/c=y"], "node_selector", "'a/b/c' is not a Kubernetes label key"),
+    (["--node-selector", f"k={'v' * 64}"], "node_selector", "is not a Kubernetes label value"),
+    (["--image-tag", "bad:tag"], "image_tag", "--image-tag 'bad:tag' is not an image tag"),
+    (["--image-repository", "UPPER/x"], "image_repository", "--image-repository 'UPPER/x' is not an image repository"),
+    (["--image-repository", "reg.example.com/cxr:1.0"], "image_repository", "is not an image repository"),
+    (["--toleration", "bad key!:NoSchedule"], "(spec)", "--toleration: 'bad key!' is not a Kubernetes label key"),
+    (["--toleration", "=v:NoSchedule"], "(spec)", "--toleration: a toleration without a key"),
+])
+def test_options_the_api_server_would_refuse_are_refused_at_submit(local_env, args, field, words):
+    """Each of these rendered (and passed kubernetes-validate's schemas: they are strings there)
+    but the API server refuses the pod: a request above its limit, a malformed label key or
+    value, an image reference no kubelet can pull. The error names the field and the flag."""
+    msg = _refused([*TUNE, "--name", "tune-x", *args])
+    assert msg.startswith("invalid Kubernetes options:") and f"\n  {field}: " in msg and words in msg, msg
 
 
 def test_options_within_the_rules_still_render():
     # a request above the default memory limit raises that limit; one the user gave is kept
     assert KubeOptions(memory="8Gi").memory_limit == "8Gi"
     assert KubeOptions(memory="1Gi").memory_limit == "4Gi"
-    KubeOptions(cpu="500m", cpu_limit="1", memory="1024Mi", memory_limit="1Gi", image_tag="v1.2_rc-3",
-                image_repository="registry.example.org:5000/team/", node_selector={"kubernetes.io/arch": "amd64", "gpu": ""})
+    # Kubernetes' whole quantity grammar (.5, 1e3, n/u/E/Ei suffixes), equal request and limit in
+    # other units, qualified label keys, empty label values, registry ports, '__' and '--'.
+    opts = KubeOptions(cpu=".5", cpu_limit="500m", memory="1536Mi", memory_limit="1.5Gi", shm_size="1e9",
+                       image_tag="v1.2_rc-3", image_repository="localhost:5000/my__team/a--b/",
+                       node_selector={"kubernetes.io/arch": "amd64", "gpu": "", "a.b-c.example/x_y.Z": "V-1.2_x"},
+                       tolerations=[Toleration.parse("nvidia.com/gpu:NoSchedule"), Toleration.parse(":NoExecute"),
+                                    Toleration.parse("pool=")])
+    assert opts.image("cxrjobs-tune") == "localhost:5000/my__team/a--b/cxrjobs-tune:v1.2_rc-3"
+    for obj in render(job_of("nih-train"), opts):
+        validate(obj)
 
 
-def test_a_searchs_ray_head_gets_no_gpu_and_one_core():
-    """The head runs the driver only (num-cpus 0): it took a GPU and the workers' CPU request."""
+def test_quantities_compare_exactly_across_units():
+    from cxrjobs.backends.kubernetes.options import quantity_value
+
+    assert quantity_value("1") == quantity_value("1000m") == quantity_value("1e0") == quantity_value("1.")
+    assert quantity_value(".5") == quantity_value("500m") == quantity_value("500000u") == quantity_value("5e-1")
+    assert quantity_value("1Gi") == 2**30 == quantity_value("1024Mi") and quantity_value("1G") == 10**9
+    assert quantity_value("1.5Gi") > quantity_value("1500Mi") and quantity_value("2Ei") == 2**61
+    with pytest.raises(ValueError, match="not a Kubernetes quantity"):
+        quantity_value("4GB")
+
+
+def test_a_searchs_ray_head_gets_modest_resources_of_its_own():
+    """The head runs Ray's services and the driver only (num-cpus 0): it took a GPU and the
+    workers' CPU and memory requests (and limits)."""
     job = resolve_job("tune", None, {"name": "gpu-search", "replicas": 3, "tune": {"job": "train", "train": {"data": "datasets/x"}}})
-    objs = render(job, KubeOptions(gpus=1, cpu="4"))
-    cluster = objs[0]["spec"]["rayClusterSpec"]
-    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]
-    worker = cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"]
-    assert "nvidia.com/gpu" not in head.get("limits", {}) and head["requests"]["cpu"] == "1"
-    assert worker["limits"]["nvidia.com/gpu"] == "1" and worker["requests"]["cpu"] == "4"
+
+    def resources(opts):
+        cluster = render(job, opts)[0]["spec"]["rayClusterSpec"]
+        head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]
+        worker = cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"]
+        return head, worker
+
+    head, worker = resources(KubeOptions(gpus=1, cpu="4", cpu_limit="8", memory="16Gi", memory_limit="32Gi"))
+    assert head == {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "1", "memory": "4Gi"}}
+    assert worker == {"requests": {"cpu": "4", "memory": "16Gi"},
+                      "limits": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "1"}}
+    # workers smaller than a default pod: the head takes no more than they do (so it fits where
+    # they fit, and its requests stay within its limits)
+    head, worker = resources(KubeOptions(gpus=1, cpu="250m", cpu_limit="500m", memory="512Mi", memory_limit="1Gi"))
+    assert head == {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"cpu": "500m", "memory": "1Gi"}}
+    assert worker["limits"]["nvidia.com/gpu"] == "1"
 
 
-def test_search_names_fit_kuberay_and_the_exported_best_run():
-    """KubeRay takes RayJob names of at most 47 characters that start with a letter; NAME-best
-    must also be a valid run name (52 at most). Both passed, and rendered a RayJob."""
-    tune = {"job": "train", "train": {"data": "datasets/x"}}
-    with pytest.raises(Exception, match="a search's name has at most 47 characters"):
-        resolve_job("tune", None, {"name": "a" * 48, "tune": tune})
-    assert resolve_job("tune", None, {"name": "a" * 47, "tune": tune}).name == "a" * 47
-    with pytest.raises(ConfigError, match="on Kubernetes a search's name must start with a letter"):
-        render(resolve_job("tune", None, {"name": "1tune", "tune": tune}), KubeOptions())
+def test_tune_gpu_dry_run_matches_golden_file(local_env):
+    """The reported case through the CLI: three GPU workers with 4 CPUs each, a head without GPU."""
+    res = CliRunner().invoke(app, [*TUNE, "--replicas", "3", "--gpus", "1", "--cpu", "4", "--namespace", "cxr",
+                                   "--name", "golden-tune-gpu"])
+    assert res.exit_code == 0, res.output
+    _check_golden(GOLDEN / "tune-gpu.yaml", res.output)
+    [rj] = [o for o in yaml.safe_load_all(res.output) if o]
+    head = rj["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert head["resources"] == {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}}
+
+
+@pytest.mark.parametrize("backend", ["local", "kubernetes"])
+def test_search_names_fit_kuberay_and_the_exported_best_run_on_every_backend(local_env, backend):
+    """KubeRay takes RayJob names of at most 47 characters; NAME-best must be a valid run name
+    (52 at most). A 48..52-character search name passed and rendered a RayJob (locally, its best
+    run would have been truncated to another name)."""
+    from cxrjobs.tune.export import best_run_id
+
+    args = ["submit", "tune", "--job", "train", "--data", "datasets/x", "--backend", backend, "--dry-run"]
+    for n in (48, 52):
+        msg = _refused([*args, "--name", "a" * n])
+        assert "\n  name: " in msg and f"has {n} characters; a search's name has at most 47" in msg, msg
+        assert "KubeRay takes RayJob names of at most 47" in msg and "NAME-best, within the 52" in msg
+    res = CliRunner().invoke(app, [*args, "--name", "a" * 47])
+    assert res.exit_code == 0, res.output
+    assert best_run_id("a" * 47) == "a" * 47 + "-best"  # whole, 52 characters
+    # other kinds keep the 52 of any run name
+    assert resolve_job("train", None, {"name": "a" * 52, "train": {"data": "d"}}).name == "a" * 52
+
+
+def test_search_names_start_with_a_letter_on_kubernetes(local_env):
+    """KubeRay takes DNS-1035 names only; a local search may start with a digit (as any run)."""
+    assert "must start with a letter" in _refused([*TUNE, "--name", "1tune"])
+    res = CliRunner().invoke(app, ["submit", "tune", "--job", "train", "--data", "datasets/x", "--dry-run",
+                                   "--name", "1tune"])
+    assert res.exit_code == 0, res.output
+
+
+def test_every_rayjob_kind_has_the_search_name_limit(ray_kind):
+    with pytest.raises(Exception, match="a search's name has at most 47"):
+        resolve_job(ray_kind, None, {"name": "a" * 48, "train": {"data": "d"}})

@@ -19,11 +19,16 @@ from cxrjobs.specs.preprocess import PreprocessSpec
 from cxrjobs.specs.train import TrainSpec
 from cxrjobs.specs.tune import TuneSpec
 
+NAME_MAX = 52
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?$")  # a valid Kubernetes Job name
-NAME_RULE = "lower-case letters, digits and '-', at most 52 characters, starting and ending alphanumeric"
-# KubeRay's RayJob name limit (its RayCluster gets the name plus a 6-character suffix, within
-# 53), which also keeps the exported NAME-best within the 52 of any run.
-SEARCH_NAME_MAX = 47
+NAME_RULE = f"lower-case letters, digits and '-', at most {NAME_MAX} characters, starting and ending alphanumeric"
+# A search (a kind run as a KubeRay RayJob, e.g. tune) has a shorter name, on every backend:
+# KubeRay's ValidateRayJobMetadata refuses a RayJob name over 47 characters (its RayCluster is
+# the name plus a 6-character suffix, within MaxRayClusterNameLength 53), and a search's best
+# trial is exported as the run NAME-best, which must itself be a valid run name (52).
+KUBERAY_NAME_MAX = 53 - 6
+BEST_SUFFIX = "-best"
+SEARCH_NAME_MAX = min(KUBERAY_NAME_MAX, NAME_MAX - len(BEST_SUFFIX))  # 47
 
 
 def check_run_name(name: str) -> str:
@@ -69,15 +74,24 @@ class JobSpec(BaseModel):
     evaluate: EvalSpec | None = None
     tune: TuneSpec | None = None
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str, info) -> str:
+        # A field validator (kind, declared first, is in info.data), so that the error names the
+        # field: `name: ...`.
+        check_run_name(v)
+        kind = KINDS.get(info.data.get("kind"))
+        if kind is not None and (kind.name == "tune" or kind.workload == "ray-job") and len(v) > SEARCH_NAME_MAX:
+            raise ValueError(
+                f"name {v!r} has {len(v)} characters; a search's name has at most {SEARCH_NAME_MAX}: KubeRay "
+                f"takes RayJob names of at most {KUBERAY_NAME_MAX}, and the best trial becomes the run "
+                f"NAME{BEST_SUFFIX}, within the {NAME_MAX} of any run name. Pick a shorter --name")
+        return v
+
     @model_validator(mode="after")
     def _payload(self):
         if self.kind not in KINDS:
             raise ValueError(f"unknown job kind {self.kind!r}; known: {sorted(KINDS)}")
-        check_run_name(self.name)
-        if self.kind == "tune" and len(self.name) > SEARCH_NAME_MAX:
-            raise ValueError(f"name {self.name!r}: a search's name has at most {SEARCH_NAME_MAX} characters "
-                             f"({len(self.name)} here): its best trial becomes the run NAME-best, and KubeRay "
-                             "names the search's Ray cluster after it")
         need = KINDS[self.kind].payload
         if getattr(self, need) is None:
             raise ValueError(f"a {self.kind} job needs a '{need}' section")

@@ -20,7 +20,7 @@ from cxrjobs.backends.kubernetes.options import KubeOptions, quantity_value
 from cxrjobs.errors import ConfigError
 from cxrjobs.jobs.logmirror import ENV_FLAG as LOG_ENV_FLAG
 from cxrjobs.jobs.registry import get_kind
-from cxrjobs.jobs.spec import JobSpec
+from cxrjobs.jobs.spec import KUBERAY_NAME_MAX, JobSpec
 
 CONTAINER = "replica"          # the Job pods' one container (podFailurePolicy names it)
 USER_ERROR_EXIT_CODE = 2       # the entrypoint's exit code for a CxrError: retrying cannot help
@@ -115,16 +115,28 @@ def resources(options: KubeOptions) -> dict:
     return {"requests": requests, **({"limits": limits} if limits else {})}
 
 
+# A Ray head runs Ray's own services and the search's driver, never a trial (num-cpus 0): it gets
+# a default pod's resources, or the workers' where those are smaller, and never a GPU.
+HEAD_CPU, HEAD_MEMORY, HEAD_MEMORY_LIMIT = "1", "2Gi", "4Gi"
+
+
+def _smaller(a: str, b: str) -> str:
+    return a if quantity_value(a) <= quantity_value(b) else b
+
+
 def head_resources(options: KubeOptions) -> dict:
-    """A Ray head runs the driver and Ray's own services, no trial (num-cpus 0): no GPU, and at
-    most one core requested; a worker's --gpus and --cpu left a GPU idle on every search."""
-    r = resources(options)
-    r.get("limits", {}).pop("nvidia.com/gpu", None)
-    if not r.get("limits"):
-        r.pop("limits", None)
-    if quantity_value(options.cpu) > 1 and (options.cpu_limit is None or quantity_value(options.cpu_limit) >= 1):
-        r["requests"]["cpu"] = "1"
-    return r
+    """The head's own resources: --gpus and --cpu/--memory size the workers (each runs trials);
+    given to the head too, they kept a GPU idle and reserved a worker's CPU and memory for the
+    driver. Each request and limit is the smaller of the head's default and the workers' (so
+    the head fits wherever a worker does, and its requests stay within its limits, as the
+    workers' do); a limit is set only where the workers have one (a quota may require it)."""
+    requests = {"cpu": _smaller(options.cpu, HEAD_CPU), "memory": _smaller(options.memory, HEAD_MEMORY)}
+    limits = {}
+    if options.cpu_limit:
+        limits["cpu"] = _smaller(options.cpu_limit, HEAD_CPU)
+    if options.memory_limit:
+        limits["memory"] = _smaller(options.memory_limit, HEAD_MEMORY_LIMIT)
+    return {"requests": requests, **({"limits": limits} if limits else {})}
 
 
 def env_list(env: dict[str, str]) -> list[dict]:
@@ -252,9 +264,12 @@ def owner_reference(job_obj: dict) -> dict:
 # --- KubeRay RayJob -----------------------------------------------------------------------------
 
 def ray_job(job: JobSpec, options: KubeOptions) -> list[dict]:
-    if not job.name[0].isalpha():
+    # KubeRay's ValidateRayJobMetadata: a DNS-1035 label (JobSpec allows digits first, as a
+    # local run may) of at most 47 characters (JobSpec enforces that on every backend already).
+    if not job.name[0].isalpha() or len(job.name) > KUBERAY_NAME_MAX:
         raise ConfigError(f"run name {job.name!r}: on Kubernetes a search's name must start with a letter "
-                          "(KubeRay takes DNS-1035 names only); pick another --name")
+                          f"and have at most {KUBERAY_NAME_MAX} characters (KubeRay takes DNS-1035 names "
+                          "only); pick another --name")
     image = image_for(job, options)
     env = {"CXRJOBS_RUN_ID": job.name, "PYTHONUNBUFFERED": "1"}
 

@@ -26,6 +26,7 @@ then add), so a batch has the same values wherever it is prepared.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 import torch
@@ -60,7 +61,7 @@ def _normalize_cpu(x, hflip, vflip, scale, out, shift: float = SHIFT, consume: b
     out.add_(shift)
 
 
-def _normalize_device(x, hflip, vflip, scale, out, shift: float = SHIFT, consume: bool = False) -> None:
+def _normalize_device(x, hflip, vflip, scale, out, shift: float = SHIFT) -> None:
     view = (-1,) + (1,) * (x.dim() - 1)
     # One small host -> device copy per batch, from pinned memory so it does not block the host.
     n = x.shape[0]
@@ -105,12 +106,13 @@ def prepare(x: torch.Tensor, aug: Augment | None = None, gen: torch.Generator | 
                else torch.empty(x.shape, dtype=torch.float32, device=x.device))
     else:
         out = out[:n]
-    normalize = _normalize_cpu if x.device.type == "cpu" else _normalize_device
+    # Only the CPU path converts inside the input: on a device x is already the copy made there.
+    normalize = (partial(_normalize_cpu, consume=consume) if x.device.type == "cpu" else _normalize_device)
     if angles is None:
-        normalize(x, hflip, vflip, scale, out, consume=consume)
+        normalize(x, hflip, vflip, scale, out)
         return out
     # Rotation samples the unnormalised image (x * 1 + 0 is exact), so its corners are black.
-    normalize(x, hflip, vflip, torch.ones(n), out, 0.0, consume=consume)
+    normalize(x, hflip, vflip, torch.ones(n), out, 0.0)
     out = rotate(out, angles.to(out.device))
     out.mul_(scale.to(out.device).view((n,) + (1,) * (x.dim() - 1)))
     return out.add_(SHIFT)

@@ -34,7 +34,7 @@ def search_note(store: ObjectStore, run: str) -> str | None:
 def unfinished_note(store: ObjectStore, run: str) -> str | None:
     """Why a run named as the weights to start from (transfer --from) has none yet: a search (see
     search_note), or a run that has not finished. None when it has its best.pt, or is no run."""
-    if (store.exists(join_key("runs", run, "checkpoints", "best.pt"))
+    if (store.exists(join_key("runs", run, BEST))
             or not store.exists(join_key("runs", run, "spec.json"))):
         return None
     return search_note(store, run) or (f"run {run} has no checkpoints/best.pt in {store.url} yet: let it "

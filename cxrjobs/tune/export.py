@@ -18,14 +18,16 @@ import re
 import tempfile
 from pathlib import Path
 
-from cxrjobs.jobs.spec import JobSpec, check_run_name
+from cxrjobs.jobs.spec import BEST_SUFFIX, SEARCH_NAME_MAX, JobSpec, check_run_name
 from cxrjobs.specs.tune import TuneSpec
 from cxrjobs.storage import ObjectStore, join_key
 from cxrjobs.tune.trainable import CHECKPOINT_FILES
 
 
 def best_run_id(tune_id: str) -> str:
-    return check_run_name(f"{tune_id[:47].rstrip('-')}-best")
+    # A search's name is checked at submit (at most SEARCH_NAME_MAX); the cut keeps an older
+    # search's longer name exportable.
+    return check_run_name(f"{tune_id[:SEARCH_NAME_MAX].rstrip('-')}{BEST_SUFFIX}")
 
 
 def _trial_id(result) -> str:

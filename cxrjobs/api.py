@@ -134,7 +134,7 @@ def collect_run(run: str, dest: str, checkpoints: bool = False, workers: int = 8
     store = store or open_store()
     prefix = join_key("runs", run)
     if next(iter(store.list(prefix)), None) is None:
-        raise CxrError(f"no run {run!r} in store {store.url} (nothing under {prefix}/)")
+        raise CxrError(f"no run {run!r}: {store.nothing_under(prefix + '/')}")  # names a missing bucket
     try:
         Path(dest).mkdir(parents=True, exist_ok=True)
     except OSError as e:  # a file of that name, or a parent that is a file or read-only

@@ -22,11 +22,12 @@ from typing import Callable
 
 from cxrjobs import api
 from cxrjobs.backends import get_backend
-from cxrjobs.errors import CxrError
+from cxrjobs.errors import ConfigError, CxrError
 from cxrjobs.jobs import presets
 from cxrjobs.jobs.resolve import resolve_job
 from cxrjobs.jobs.spec import JobSpec
 from cxrjobs.storage import ObjectStore, join_key, open_store
+from cxrjobs.storage.runs import locate_weights
 
 TEST2_CLASS_MAP = ("covid=1,covid-19=1,covid19=1,positive=1,"
                    "non_covid=0,non-covid=0,normal=0,negative=0")
@@ -59,10 +60,22 @@ class PaperConfig:
     def resolved(self) -> "PaperConfig":
         c = PaperConfig(**self.__dict__)
         small = c.nih is None and c.covid is None
-        c.size = c.size or (64 if small else 224)
-        c.nih_epochs = c.nih_epochs or (3 if small else 10)
-        c.epochs = c.epochs or (4 if small else 20)
+        c.size = (64 if small else 224) if c.size is None else c.size
+        c.nih_epochs = (3 if small else 10) if c.nih_epochs is None else c.nih_epochs
+        c.epochs = (4 if small else 20) if c.epochs is None else c.epochs
         return c
+
+    def check_inputs(self, store: ObjectStore) -> None:
+        """What the stages would find wrong only when they run (on real data: hours in)."""
+        for flag, folder in (("--nih", self.nih), ("--covid", self.covid), ("--test2", self.test2)):
+            if folder is not None and not Path(folder).is_dir():
+                what = "is a file, not a dataset folder" if Path(folder).exists() else "no such folder"
+                raise ConfigError(f"{flag} {folder}: {what}")
+        if self.imagenet:
+            try:
+                locate_weights(self.imagenet, store)
+            except CxrError as e:
+                raise ConfigError(f"--imagenet: {e}") from None
 
 
 @dataclass
@@ -247,6 +260,7 @@ def run_pipeline(cfg: PaperConfig, say: Callable[[str], None] = print,
     t0 = time.perf_counter()
     cfg = cfg.resolved()
     store = store or open_store()
+    cfg.check_inputs(store)
     data_cfg = phantom_data(cfg, say) if cfg.phantom else cfg
     stages = paper_stages(data_cfg)
     result = PipelineResult(cfg.name, phantom=cfg.phantom, sizes={

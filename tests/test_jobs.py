@@ -496,6 +496,7 @@ def test_wait_exits_2_when_a_replica_reports_a_user_error(local_env, tmp_path):
 
 @pytest.mark.parametrize("train, words", [
     ({"init_from": "no-such-run"}, "train.init_from: weights 'no-such-run' not found"),
+    ({"model": "resnext50", "pretrained": "/nonexistent.pth"}, "train.pretrained: weights '/nonexistent.pth' not found"),
     ({"monitor": "val_balanced_accuracy"}, "train.monitor: val_balanced_accuracy is not reported for a "
                                            "multilabel task with 2 classes"),
     ({"splits": {"train": 3, "val": 0, "test": 1}}, "has no val images; preprocess it with more images or other --fractions"),

@@ -83,3 +83,31 @@ def test_help_states_the_defaults_the_pipeline_uses():
     assert f"default {phantom.size} on phantom data, {real.size} on real data" in text
     assert f"NIH pre-training epochs (default {phantom.nih_epochs} phantom / {real.nih_epochs} real)" in text
     assert f"COVID training epochs (default {phantom.epochs} phantom / {real.epochs} real)" in text
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("test2", "/nonexistent", "--test2 /nonexistent: no such folder"),
+    ("covid", "FILE", "is a file, not a dataset folder"),
+    ("imagenet", "/nonexistent.pth", "--imagenet: weights '/nonexistent.pth' not found"),
+])
+def test_given_inputs_are_checked_before_the_first_stage(local_env, tmp_path, flag, value, message):
+    """A missing --test2 was found after two preprocessing stages, a missing --imagenet after both
+    NIH pre-trainings: on real data, hours in."""
+    if value == "FILE":
+        value = str(tmp_path / "a-file")
+        (tmp_path / "a-file").write_text("x")
+    said = []
+    with pytest.raises(CxrError, match=message):
+        run_pipeline(tiny(tmp_path, **{flag: value}), say=said.append, stream=lambda m: None)
+    assert said == [] and not (tmp_path / "out").exists()  # nothing ran, no phantom data was written
+
+
+@pytest.mark.parametrize("flag", ["--epochs", "--nih-epochs", "--replicas", "--size"])
+def test_a_zero_count_is_refused_not_taken_as_the_default(flag):
+    """`--epochs 0` ran the whole pipeline with the default 4 epochs."""
+    from typer.testing import CliRunner
+
+    from cxrjobs.cli import app
+
+    res = CliRunner().invoke(app, ["pipeline", "paper", flag, "0"])
+    assert res.exit_code == 2 and flag in res.output and "greater than or equal to" in res.output, res.output

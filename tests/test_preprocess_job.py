@@ -155,3 +155,10 @@ def test_job_output_must_name_a_dataset_key(output):
 
     with pytest.raises(ConfigError, match="preprocess.output"):
         job_spec("bad-out", "/data/nih", output)
+    with pytest.raises(ConfigError, match="the output is a prefix in the job's store"):
+        job_spec("bad-out", "/data/nih", "s3://bucket/datasets/x")
+
+
+def test_job_output_takes_the_store_scheme_data_preprocess_takes():
+    """`--output store://datasets/x` wrote to a folder literally named 'store:' in the store."""
+    assert job_spec("out", "/data/nih", "store://datasets/x").preprocess.output == "datasets/x"

@@ -48,6 +48,10 @@ def test_cli_train_and_transfer_share_the_training_flags(local_env):
     # Errors name the field (main() turns them into exit code 2).
     res = CliRunner().invoke(app, ["submit", "transfer", "--method", "1", "--data", "d", "--dry-run"])
     assert isinstance(res.exception, ConfigError) and "pass --from RUN" in str(res.exception)
+    # Two starting points: --init-from was dropped without a word.
+    res = CliRunner().invoke(app, ["submit", "transfer", "--method", "1", "--from", "nih-run", "--init-from",
+                                   "other-run", "--data", "d", "--dry-run"])
+    assert isinstance(res.exception, ConfigError) and "--from nih-run and --init-from other-run" in str(res.exception)
     res = CliRunner().invoke(app, ["submit", "train", "--data", "d", "--monitor", "val_nope", "--dry-run"])
     assert isinstance(res.exception, ConfigError) and "train.monitor" in str(res.exception)
 

@@ -169,3 +169,18 @@ def test_space_and_spec_files_read_1e_4_as_a_number(tmp_path):
     spec.write_text("tune:\n  job: train\n  space: {lr: {loguniform: [1e-5, 1e-1]}}\n  train: {data: datasets/x}\n")
     job = resolve_job("tune", spec, {})
     assert job.tune.space["lr"] == {"loguniform": [1e-5, 1e-1]}
+
+
+@pytest.mark.parametrize("tune, message", [
+    # Every trial trained, and only the export of the best one failed (a pydantic traceback, retried).
+    ({"job": "transfer"}, "tune: Value error, a transfer search starts every trial from a pre-trained run: "
+                          "pass --init-from RUN"),
+    # PBT that can never perturb: accepted, and ran as a plain random search.
+    ({"epochs_per_trial": 2, "perturbation_interval": 2}, "perturbation_interval 2 is not below epochs_per_trial 2"),
+])
+def test_a_search_that_cannot_do_what_it_says_is_refused_at_submit(tune, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_job("tune", None, {"tune": {"train": {"data": "d"}, **tune}})
+    # The same options that can: a transfer with its starting point, random search without PBT.
+    ok = {**tune, "train": {"data": "d", "init_from": "nih1"}} if "job" in tune else {"train": {"data": "d"}, **tune, "algo": "random"}
+    resolve_job("tune", None, {"tune": ok})

@@ -184,7 +184,12 @@ def transfer(job: dict,
     from cxrjobs.jobs import presets
     from cxrjobs.jobs.resolve import resolve_job
 
-    job["train"]["init_from"] = source or job["train"]["init_from"]
+    given = job["train"]["init_from"]
+    if source and given and source != given:  # two starting points: neither may win silently
+        from cxrjobs.errors import ConfigError
+        raise ConfigError(f"--from {source} and --init-from {given} name two starting points; "
+                          "give one (--from is the transfer's name for --init-from)")
+    job["train"]["init_from"] = source or given
     _finish(resolve_job("transfer", spec_file, job, presets.defaults("transfer", method)),
             backend, wait, as_json, dry_run)
 

@@ -48,6 +48,11 @@ def check_train(spec: TrainSpec, store: ObjectStore, field: str = "train") -> No
             locate_weights(spec.init_from, store)
         except CxrError as e:
             raise ConfigError(f"{field}.init_from: {e}") from None
+    if spec.pretrained and spec.pretrained != "imagenet":  # a file, store key or s3:// URL
+        try:
+            locate_weights(spec.pretrained, store)
+        except CxrError as e:
+            raise ConfigError(f"{field}.pretrained: {e}") from None
     manifest = _manifest(spec.data, store, f"{field}.data")
     for split in ("train", "val"):  # the replica needs both (val picks the best epoch)
         if (manifest.get("splits") or {}).get(split) == 0:

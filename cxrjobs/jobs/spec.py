@@ -54,6 +54,11 @@ class PreprocessJob(BaseModel):
     def _output_key(cls, v: str) -> str:
         from cxrjobs.storage.base import check_key  # light: no store client is imported
 
+        if v.startswith("store://"):  # what `data preprocess --out` takes: the same store
+            v = v[len("store://"):]
+        elif "://" in v:
+            raise ValueError(f"{v!r}: the output is a prefix in the job's store (CXRJOBS_STORE), "
+                             "not a URL; e.g. datasets/nih-224 or store://datasets/nih-224")
         try:
             return check_key(v)  # empty would be the store's root; '..' would leave it
         except CxrError as e:

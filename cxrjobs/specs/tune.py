@@ -99,6 +99,15 @@ class TuneSpec(BaseModel):
     @model_validator(mode="after")
     def _resolve(self):
         # Resolved once at submit time and stored in spec.json: a rerun searches the same space.
+        # What the inner job's own spec refuses, refused at submit: else every trial trains and
+        # only the export of the best trial fails.
+        if self.job == "transfer" and not self.train.init_from:
+            raise ValueError("a transfer search starts every trial from a pre-trained run: pass "
+                             "--init-from RUN (train.init_from)")
+        if self.algo == "pbt" and self.perturbation_interval >= self.epochs_per_trial:
+            raise ValueError(f"perturbation_interval {self.perturbation_interval} is not below "
+                             f"epochs_per_trial {self.epochs_per_trial}: PBT would never exploit or "
+                             "explore; lower --perturbation-interval or raise --epochs-per-trial")
         if self.mode is None:
             self.mode = MONITORS[self.metric]  # type: ignore[assignment]
         if self.space is None:

@@ -69,6 +69,19 @@ def test_synth_unknown_kind(tmp_path):
     assert "choose nih or covid" in result.output
 
 
+@pytest.mark.parametrize("args, words", [
+    # A traceback (FileNotFoundError from pandas), exit 1.
+    (("nih", "--from-csv", "/nonexistent.csv"), "'/nonexistent.csv' does not exist"),
+    # Ignored without a word.
+    (("covid", "--from-csv", __file__), "only for nih"),
+    (("covid", "--count", "0"), "greater than or equal to 1"),
+])
+def test_synth_refuses_options_it_cannot_use(tmp_path, args, words):
+    result = cli("data", "synth", args[0], "--out", tmp_path / "x", "--size", 32, *args[1:])
+    assert result.exit_code == 2 and words in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "x").exists()
+
+
 def test_preprocess_outputs(preprocessed):
     manifest = json.loads((preprocessed / "manifest.json").read_text())
     assert manifest["images"] == 28 and manifest["rejected"] == 2 and manifest["image_size"] == 64

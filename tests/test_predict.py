@@ -137,3 +137,14 @@ def test_a_run_still_training_is_refused_unless_asked(trained, store, tmp_path):
     check_job(JobSpec(kind="evaluate", name="ev", evaluate={"run": "half", "data": str(data),
                                                             "allow_unfinished": True}), store)
     check_job(JobSpec(kind="evaluate", name="ev", evaluate={"run": "tiny", "data": str(data)}), store)
+
+
+@pytest.mark.parametrize("size", ["0", "-3"])
+def test_a_batch_size_below_one_is_refused(size, tmp_path):
+    """0 was a ValueError traceback; -3 scored 0 of 0 images."""
+    from typer.testing import CliRunner
+
+    from cxrjobs.cli import app
+
+    res = CliRunner().invoke(app, ["predict", "--model", "r", str(tmp_path), "--batch-size", size])
+    assert res.exit_code == 2 and "--batch-size" in res.output, res.output

@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def predict(inputs: List[str] = typer.Argument(..., help="image files (PNG/JPEG) or folders"),
                 model: str = typer.Option(..., "--model", help="the trained run (uses its best.pt)"),
-                batch_size: int = typer.Option(64, help="images per forward pass"),
+                batch_size: int = typer.Option(64, min=1, help="images per forward pass"),
                 allow_unfinished: bool = typer.Option(
                     False, "--allow-unfinished", help="use a run that has not finished training (its best.pt so far)"),
                 as_json: bool = typer.Option(False, "--json", help="print one JSON object")):

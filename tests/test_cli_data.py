@@ -74,7 +74,6 @@ def test_synth_unknown_kind(tmp_path):
     (("nih", "--from-csv", "/nonexistent.csv"), "'/nonexistent.csv' does not exist"),
     # Ignored without a word.
     (("covid", "--from-csv", __file__), "only for nih"),
-    (("covid", "--count", "0"), "greater than or equal to 1"),
 ])
 def test_synth_refuses_options_it_cannot_use(tmp_path, args, words):
     result = cli("data", "synth", args[0], "--out", tmp_path / "x", "--size", 32, *args[1:])

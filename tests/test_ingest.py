@@ -377,6 +377,11 @@ def test_imagefolder_patient_regex_groups_images(tmp_path):
     src = read_imagefolder(str(tmp_path), parse_class_map("covid=COVID-19,normal=non-COVID", None),
                            ["non-COVID", "COVID-19"], r"^(p\d+)-")
     assert sorted(src.records["patient_id"]) == ["p1", "p1", "p2", "p3"]
+    # A pattern that matches no name made every image its own patient without a word: image-wise
+    # splits where patient-wise ones were asked for.
+    with pytest.raises(DataError, match=r"--patient-regex .nomatch.* matched none of the 4 file names"):
+        read_imagefolder(str(tmp_path), parse_class_map("covid=COVID-19,normal=non-COVID", None),
+                         ["non-COVID", "COVID-19"], r"nomatch(\d+)")
 
 
 def test_imagefolder_without_map_uses_folder_names(tmp_path):
@@ -391,6 +396,8 @@ def test_imagefolder_without_map_uses_folder_names(tmp_path):
     ("COVID=1", None, "needs --labels"),
     ("COVID=2", ["non-COVID", "COVID-19"], "at least 3"),
     ("=1", ["a", "b"], "expected FOLDER=LABEL"),
+    # Its folder's images were all rejected, leaving a one-class dataset (exit 0).
+    ("covid=x,non_covid=0", ["a", "b"], "'x' is neither an index into --labels nor one of them"),
 ])
 def test_class_map_errors(text, labels, match):
     with pytest.raises(DataError, match=match):

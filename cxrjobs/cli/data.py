@@ -40,12 +40,12 @@ def _fractions(text: str) -> tuple[float, ...]:
 @app.command()
 def synth(kind: str = typer.Argument(..., help="nih or covid"),
           out_dir: Path = typer.Option(..., "--out", help="folder to create"),
-          count: int = typer.Option(500, min=1, help="number of images"),
-          size: int = typer.Option(1024, min=16, help="image side in pixels"),
+          count: int = typer.Option(500, help="number of images"),
+          size: int = typer.Option(1024, help="image side in pixels"),
           seed: int = typer.Option(0, min=0, max=2**32 - 1),
           from_csv: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
                                                   help="nih: key images to real rows of this Data_Entry CSV"),
-          workers: int = typer.Option(1, min=1, help="processes")):
+          workers: int = typer.Option(1, help="processes")):
     """Write a phantom dataset in the real on-disk layout (CSV + PNGs, with some RGBA, 16-bit and
     corrupt files) whose images carry learnable, class-dependent patterns.
 

@@ -30,6 +30,9 @@ def parse_class_map(text: str | None, labels: list[str] | None) -> dict[str, str
                 raise DataError(f"--class-map {item!r}: index {target} needs --labels with "
                                 f"at least {int(target) + 1} names (e.g. --labels non-COVID,COVID-19)")
             target = labels[int(target)]
+        elif labels and target not in labels:  # else its folder's images are all rejected
+            raise DataError(f"--class-map {item!r}: {target!r} is neither an index into --labels nor one "
+                            f"of them ({labels}); e.g. {folder.strip()}=1 or {folder.strip()}={labels[-1]}")
         out[folder.strip().lower()] = target
     return out
 
@@ -45,7 +48,7 @@ def read_imagefolder(root: str | Files, class_map: dict[str, str] | None = None,
     if labels is None:
         labels = sorted(set(class_map.values())) if class_map else folders
     pattern = re.compile(patient_regex) if patient_regex else None
-    rows, rejects = [], []
+    rows, rejects, matched = [], [], 0
     by_folder: dict[str, list[str]] = {}
     for rel in files.walk():
         if "/" in rel:
@@ -70,8 +73,13 @@ def read_imagefolder(root: str | Files, class_map: dict[str, str] | None = None,
             # Without a patient id in the file name each image counts as its own patient.
             m = pattern.search(name) if pattern else None
             patient = m.group(1) if m and m.group(1) else stem
+            matched += bool(m and m.group(1))
             # The id is the path below the root, so equal names in nested folders stay distinct.
             rows.append((rel.replace("/", "__"), patient, path, label, ""))
+    if pattern and rows and not matched:  # else every image is its own patient: image-wise splits
+        raise DataError(f"--patient-regex {patient_regex!r} matched none of the {len(rows)} file names "
+                        f"(e.g. {rows[0][0].rsplit('__', 1)[-1]!r}), so every image would count as its own "
+                        "patient; fix it, or leave it out to say that the file names carry no patient id")
     records = pd.DataFrame(rows, columns=RECORD_COLUMNS)
     records = reject_duplicate_ids(records, rejects, files.base, "file")
     return Source(format="imagefolder", root=files.base, records=records, label_names=list(labels),

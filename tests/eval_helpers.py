@@ -26,7 +26,11 @@ def train_run(store, name: str, data: Path, epochs: int = 1, **kw) -> dict:
     from cxrjobs.train.distributed import DistContext
     from cxrjobs.train.loop import Run, Trainer
 
+    from cxrjobs.jobs.spec import JobSpec
+
     spec = TrainSpec(**{"data": str(data), "epochs": epochs, "batch_size": 32, "optimizer": "adam",
                         "lr": 1e-3, "objective": "multiclass", "bootstrap": 0, **kw})
+    # The run's record, as `submit` writes it (what it trained on, for evaluate's checks).
+    store.put_text(f"runs/{name}/spec.json", JobSpec(kind="train", name=name, train=spec).model_dump_json(indent=1))
     return Trainer(spec, Run(store, name), DistContext(0, 1, torch.device("cpu"), None),
                    log=lambda m: None).fit()

@@ -84,8 +84,20 @@ def test_evaluate_job_writes_results_and_plots(tiny_run):
         assert im.width > 200 and im.height > 200, png
         assert np.asarray(im.convert("L")).std() > 5, f"{png} is blank"
 
-    # Scoring the whole dataset (as an external set) on 1 replica: the threshold does not move (it
-    # comes from validation only) and the test images get the same probabilities as above.
+    # `--split all` of the dataset the run trained on scored its training images as a test set.
+    r = runner.invoke(app, ["submit", "evaluate", "tiny", "--data", str(data), "--split", "all", "--as", "leak"])
+    assert r.exit_code != 0 and "evaluate.split: all of" in str(r.exception) and "--split test" in str(r.exception)
+    assert not store.exists("runs/tiny/eval/leak/results.json")
+    # A second evaluation under the same name on other data replaced the first without a word.
+    r = runner.invoke(app, ["submit", "evaluate", "tiny", "--data", str(data), "--split", "val", "--as", "test1"])
+    assert r.exit_code != 0 and "runs/tiny/eval/test1 holds the scores on" in str(r.exception), r.output
+    assert "Pick another --as" in str(r.exception)
+
+    # Scoring a copy of the whole dataset (as an external set) on 1 replica: the threshold does not
+    # move (it comes from validation only) and the test images get the same probabilities as above.
+    import shutil
+    shutil.copytree(data, data.parent / "external-copy", dirs_exist_ok=True)
+    data = data.parent / "external-copy"
     st = _evaluate_cli("ev2", "tiny", "--data", str(data), "--split", "all", "--as", "test2", "--bootstrap", "0")
     assert st["state"] == "Succeeded", st
     res2 = json.loads(store.get_text("runs/tiny/eval/test2/results.json"))

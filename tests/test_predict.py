@@ -127,7 +127,9 @@ def test_a_run_still_training_is_refused_unless_asked(trained, store, tmp_path):
     img = sorted((root / "phantom" / "raw" / "covid").glob("*.png"))[0]
     r = runner.invoke(app, ["predict", "--model", "half", str(img)])
     assert isinstance(r.exception, ConfigError), r.output
-    assert "run half has not finished training (1 epoch(s) recorded so far)" in str(r.exception)
+    assert "run half has not finished training (1 epoch(s) recorded so far;" in str(r.exception)
+    # It said "Wait for it" to a cancelled run as well.
+    assert "resubmit a cancelled or failed one to finish it" in str(r.exception)
     assert "--allow-unfinished" in str(r.exception)
     r = runner.invoke(app, ["predict", "--model", "half", str(img), "--allow-unfinished", "--json"])
     assert r.exit_code == 0 and _json(r.output)["results"][0]["label"], r.output

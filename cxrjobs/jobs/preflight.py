@@ -70,6 +70,34 @@ def check_train(spec: TrainSpec, store: ObjectStore, field: str = "train") -> No
                           f"preprocessed at {size}; drop --image-size or preprocess again at {spec.image_size}")
 
 
+def _same_dataset(a: str, b: str) -> bool:
+    if os.path.isdir(a) or os.path.isdir(b):
+        return os.path.realpath(a) == os.path.realpath(b)
+    return a.strip("/") == b.strip("/")
+
+
+def _check_eval_target(ev, store: ObjectStore) -> None:
+    """Scores that would mislead: a split that holds the run's own training images, or an
+    evaluation that would replace another one (other data or split) under the same name."""
+    spec_key = join_key("runs", ev.run, "spec.json")
+    trained_on = None
+    if store.exists(spec_key):
+        spec = json.loads(store.get_text(spec_key))
+        trained_on = (spec.get("train") or {}).get("data")
+    if ev.split == "all" and trained_on and _same_dataset(ev.data, trained_on):
+        raise ConfigError(f"evaluate.split: all of {ev.data} includes the images run {ev.run} trained and "
+                          "chose its epoch on; score its held-out patients with --split test, or give "
+                          "another dataset (an external test set) for --split all")
+    prior_key = join_key("runs", ev.run, "eval", ev.result_name, "results.json")
+    if store.exists(prior_key):
+        prior = json.loads(store.get_text(prior_key))
+        if not _same_dataset(str(prior.get("dataset")), ev.data) or prior.get("split") != ev.split:
+            raise ConfigError(
+                f"evaluate.name: runs/{ev.run}/eval/{ev.result_name} holds the scores on {prior.get('dataset')} "
+                f"(split {prior.get('split')}); these would replace them with {ev.data} (split {ev.split}). "
+                "Pick another --as, or delete that folder from the store to replace it")
+
+
 def check_job(job: JobSpec, store: ObjectStore) -> None:
     """Raise ConfigError (naming the field) for what can be known wrong before a replica runs."""
     if job.train is not None:
@@ -88,6 +116,7 @@ def check_job(job: JobSpec, store: ObjectStore) -> None:
         note = None if ev.allow_unfinished else training_note(store, ev.run)
         if note:
             raise ConfigError(f"evaluate.run: {note}")
+        _check_eval_target(ev, store)
     if job.preprocess is not None:
         try:
             join_key(job.preprocess.output)

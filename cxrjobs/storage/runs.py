@@ -52,9 +52,11 @@ def training_note(store: ObjectStore, run: str) -> str | None:
         done = sum(1 for line in store.get_text(join_key("runs", run, "metrics.jsonl")).splitlines() if line.strip())
     except Exception:
         done = 0
-    return (f"run {run} has not finished training ({done} epoch(s) recorded so far): its best.pt can still "
-            f"change. Wait for it (`cxrjobs status {run}`), or, for a run that stopped for good, pass "
-            "--allow-unfinished")
+    # Light: no backend is asked whether the run still runs, so both cases are named.
+    return (f"run {run} has not finished training ({done} epoch(s) recorded so far; `cxrjobs status {run}` "
+            "says whether it still runs): its best.pt is not its final model. Wait for a running run; "
+            "resubmit a cancelled or failed one to finish it, or pass --allow-unfinished to score its "
+            "best.pt so far")
 
 
 def _store_key(ref: str, store: ObjectStore) -> str | None:

@@ -297,8 +297,10 @@ def test_upload_raw_dataset_under_raw(synth_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("CXRJOBS_CONFIG", raising=False)
     ok("data", "upload", synth_dir, "--name", "raw/nih-phantom")
     assert (tmp_path / "store" / "raw" / "nih-phantom" / "Data_Entry_2017.csv").is_file()
-    ok("data", "upload", synth_dir, "--name", "plain")
-    assert (tmp_path / "store" / "datasets" / "plain" / "Data_Entry_2017.csv").is_file()
+    # A raw folder under datasets/ was accepted: a "dataset" without a manifest.
+    text = failure_text(cli("data", "upload", synth_dir, "--name", "plain"))
+    assert "has no manifest.json, so it is no preprocessed dataset" in text and "--name raw/plain" in text
+    assert not (tmp_path / "store" / "datasets" / "plain").exists()
     for bad in ("raw/", "other/x", "raw/../x"):
         text = failure_text(cli("data", "upload", synth_dir, "--name", bad))
         assert "raw/NAME" in text or "'..'" in text
@@ -308,6 +310,33 @@ def test_upload_raw_dataset_under_raw(synth_dir, tmp_path, monkeypatch):
     assert "preprocessed 28 images" in result.output
     index = pd.read_csv(tmp_path / "store" / "datasets" / "from-raw" / "index.csv")
     assert index["source"].str.startswith("store://raw/nih-phantom/images_").all()
+
+
+def test_upload_never_mixes_two_datasets_under_one_name(preprocessed, tmp_path, monkeypatch):
+    """A second dataset uploaded under a taken name replaced the first's files and left its other
+    shards beside them (rc 0): every run trained on that name then read another dataset."""
+    import shutil
+
+    monkeypatch.setenv("CXRJOBS_STORE", str(tmp_path / "store"))
+    monkeypatch.delenv("CXRJOBS_CONFIG", raising=False)
+    ok("data", "upload", preprocessed, "--name", "ds")
+    ok("data", "upload", preprocessed, "--name", "ds")  # the same folder again: nothing to do
+    before = sorted(p.name for p in (tmp_path / "store" / "datasets" / "ds" / "shards").iterdir())
+    other = tmp_path / "other"
+    shutil.copytree(preprocessed, other)
+    plan = json.loads((other / "plan.json").read_text())
+    plan["note"] = "other options"
+    (other / "plan.json").write_text(json.dumps(plan))
+    text = failure_text(cli("data", "upload", other, "--name", "ds"))
+    assert "already holds a dataset preprocessed with other options" in text and "Pick another --name" in text
+    fewer = tmp_path / "fewer"
+    shutil.copytree(preprocessed, fewer)
+    (fewer / "shards" / before[-1]).unlink()
+    text = failure_text(cli("data", "upload", fewer, "--name", "ds"))
+    assert f"1 object(s) this folder does not have (e.g. shards/{before[-1]})" in text
+    assert sorted(p.name for p in (tmp_path / "store" / "datasets" / "ds" / "shards").iterdir()) == before
+    (tmp_path / "empty").mkdir()
+    assert "it holds no files" in failure_text(cli("data", "upload", tmp_path / "empty", "--name", "raw/e"))
 
 
 def test_rerun_with_a_relative_source_path_resumes(synth_dir, preprocessed, tmp_path, monkeypatch):

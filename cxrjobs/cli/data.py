@@ -137,16 +137,18 @@ def upload(directory: Path = typer.Argument(..., help="raw or preprocessed datas
            workers: int = typer.Option(8, help="parallel uploads")):
     """Upload a dataset folder to the configured store: a preprocessed one under datasets/NAME,
     a raw one under raw/NAME (then `cxrjobs submit preprocess store://raw/NAME ...`). Resumable:
-    objects whose size and checksum already match are skipped. Credentials come from the environment.
+    objects whose size and checksum already match are skipped; a name that holds another dataset is
+    refused. Credentials come from the environment.
 
     Example: CXRJOBS_STORE=s3://cxr/data cxrjobs data upload ../shared/data/covid-xray --name raw/covid
     """
-    from cxrjobs.storage.sync import dataset_prefix, upload_dir
+    from cxrjobs.storage.sync import check_upload, dataset_prefix, upload_dir
 
     if not directory.is_dir():
         raise typer.BadParameter(f"{directory} is not a folder", param_hint="DIRECTORY")
     prefix = dataset_prefix(name or directory.resolve().name)
     store = open_store()
+    check_upload(directory, store, prefix)
     summary = upload_dir(directory, store, prefix, workers=workers)
     out.print(f"{summary.line()} -> {store.url}/{prefix}")
 

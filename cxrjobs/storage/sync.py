@@ -91,6 +91,32 @@ def dataset_prefix(name: str) -> str:
     return check_key(f"{area}/{rest}")
 
 
+def check_upload(local_dir: str | Path, store: ObjectStore, prefix: str) -> None:
+    """Refuse an upload that would leave a mixed dataset under `prefix`: a folder that is no
+    preprocessed dataset sent to datasets/, another dataset's objects (a different plan.json, or
+    objects this folder does not have) already there. An interrupted upload of the same folder
+    passes: what is there is a part of what it sends."""
+    root = Path(local_dir)
+    local = {(Path(d) / n).relative_to(root).as_posix()
+             for d, names in walk_dirs(root) for n in names if not _skip_local(n)}
+    if not local:
+        raise StoreError(f"cannot upload {root}: it holds no files")
+    if prefix.startswith("datasets/") and "manifest.json" not in local:
+        raise StoreError(f"cannot upload {root} to {prefix}: it has no manifest.json, so it is no preprocessed "
+                         f"dataset. Upload a raw folder with --name raw/{prefix.split('/', 1)[1]} (then `cxrjobs "
+                         "submit preprocess store://raw/NAME ...`), or preprocess it first")
+    there = {o.key[len(prefix) + 1:] for o in store.list(prefix + "/")}
+    plan = join_key(prefix, "plan.json")
+    other = ("plan.json" in local and "plan.json" in there
+             and json.loads((root / "plan.json").read_text()) != json.loads(store.get_text(plan)))
+    extra = sorted(there - local)
+    if other or extra:
+        why = ("a dataset preprocessed with other options (plan.json differs)" if other else
+               f"{len(extra)} object(s) this folder does not have (e.g. {extra[0]})")
+        raise StoreError(f"{store.url}/{prefix} already holds {why}: uploading {root} there would mix two "
+                         "datasets. Pick another --name, or delete that prefix from the store first")
+
+
 def upload_dir(local_dir: str | Path, store: ObjectStore, prefix: str, workers: int = 8,
                progress: bool = True, on_object: Callable[[str], None] | None = None) -> SyncSummary:
     """Upload every file under `local_dir` to `prefix/<relative path>`. `on_object(key)` is

@@ -207,6 +207,18 @@ def test_preprocess_bad_options(synth_dir, tmp_path, args, words):
     assert not (tmp_path / "o").exists()
 
 
+def test_preprocess_refuses_a_folder_holding_other_files(synth_dir, tmp_path):
+    """`--out` pointed at another raw dataset's folder wrote the output in among its files."""
+    import shutil
+
+    other = tmp_path / "other-raw"
+    shutil.copytree(synth_dir, other)
+    before = sorted(p.relative_to(other) for p in other.rglob("*"))
+    text = failure_text(cli("data", "preprocess", synth_dir, "--format", "nih", "--size", 32, "--out", other))
+    assert "holds files that no preprocessing run wrote (Data_Entry_2017.csv" in text and "new or empty --out" in text
+    assert sorted(p.relative_to(other) for p in other.rglob("*")) == before
+
+
 def test_preprocess_unknown_format(synth_dir, tmp_path):
     result = cli("data", "preprocess", synth_dir, "--format", "dicom", "--out", tmp_path / "o")
     assert "format" in failure_text(result)

@@ -131,6 +131,21 @@ def _output_exists(store: ObjectStore, prefix: str) -> bool:
         next(iter(store.list(join_key(prefix, "shards"))), None) is not None
 
 
+def _foreign_objects(store: ObjectStore, prefix: str, most: int = 3) -> list[str]:
+    """Up to `most` objects under `prefix` that no preprocessing run writes (another dataset's
+    files, say): an output is only ever made where there are none."""
+    base = prefix.strip("/")
+    ours = {*OUTPUT_FILES, "plan.json"}
+    found = []
+    for o in store.list(base + "/" if base else ""):
+        rel = o.key[len(base):].lstrip("/") if base else o.key
+        if rel not in ours and not rel.startswith("shards/"):
+            found.append(rel)
+            if len(found) == most:
+                break
+    return found
+
+
 def clear_output(store: ObjectStore, prefix: str) -> None:
     """Delete a preprocessing output (plan.json last: a delete cut short is redone by a rerun)."""
     keys = [o.key for o in store.list(join_key(prefix, "shards"))]
@@ -148,11 +163,18 @@ def _claim_output(spec: PreprocessSpec, src: Source, rec: pd.DataFrame, store: O
     new = _plan_doc(spec, src, rec)
     key = join_key(prefix, "plan.json")
     deadline = time.monotonic() + wait
+    first = True  # later rounds find what an overwrite cleared: the user's own files there stay
     while True:
         old = json.loads(store.get_text(key)) if store.exists(key) else None
         if old is None and not _output_exists(store, prefix):
+            foreign = _foreign_objects(store, prefix) if first else []
+            if foreign:
+                raise DataError(f"{where} holds files that no preprocessing run wrote ({', '.join(foreign)}"
+                                f"{' ...' if len(foreign) == 3 else ''}): the output would be mixed into them. "
+                                "Choose a new or empty --out (job: `output`)")
             store.put_text(key, json.dumps(new, indent=1, sort_keys=True))
             return new
+        first = False
         if old is None and store.exists(key):
             continue  # another slice wrote its plan (and a shard) since we looked: compare with it
         if old is not None:

@@ -15,6 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cxrjobs.cli import app
+from cxrjobs.errors import CxrError
 from eval_helpers import phantom_covid, train_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -118,6 +119,25 @@ def test_report_of_unknown_run_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("CXRJOBS_STORE", str(tmp_path / "store"))
     r = CliRunner().invoke(app, ["report", "nope", "-o", str(tmp_path / "r.html")])
     assert r.exit_code != 0 and "run nope: nothing at" in str(r.exception)
+
+
+def test_report_of_a_job_that_is_no_model_names_the_run_to_report(two_runs, tmp_path):
+    """`report evaluate-<id>` (the id `submit evaluate` prints) wrote an empty report, exit 0; a
+    run named twice made two rows and every warning twice."""
+    from cxrjobs.report.html import build_report
+    from cxrjobs.storage import LocalStore
+
+    shutil.copytree(two_runs / "store" / "runs" / "method-a", tmp_path / "runs" / "tiny")
+    store = LocalStore(tmp_path)
+    store.put_text("runs/evaluate-1/spec.json", json.dumps({"kind": "evaluate", "name": "evaluate-1",
+                                                            "evaluate": {"run": "tiny"}}))
+    store.put_text("runs/preprocess-1/spec.json", json.dumps({"kind": "preprocess", "name": "preprocess-1"}))
+    with pytest.raises(CxrError, match="evaluate-1 is an evaluate job, not a model: report the run it scored, tiny"):
+        build_report(store, ["tiny", "evaluate-1"])
+    with pytest.raises(CxrError, match="preprocess-1 is a preprocessing job, not a model"):
+        build_report(store, ["preprocess-1"])
+    _, summary = build_report(store, ["tiny", "tiny"])
+    assert summary["runs"] == ["tiny"] and len(summary["rows"]) == 1
 
 
 def test_report_help_has_an_example():

@@ -111,6 +111,13 @@ def collect(store: ObjectStore, run: str) -> dict:
     if spec is None and not history:
         raise CxrError(f"run {run}: nothing at {store.url}/{prefix} (no spec.json, no metrics.jsonl); "
                        "check the run id (`cxrjobs runs`) and CXRJOBS_STORE")
+    kind = (spec or {}).get("kind")
+    if kind == "evaluate":  # its scores are a section of the run it scored
+        scored = (spec.get("evaluate") or {}).get("run")
+        raise CxrError(f"{run} is an evaluate job, not a model: report the run it scored, {scored} "
+                       f"(its report shows every evaluation of it)")
+    if kind == "preprocess":
+        raise CxrError(f"{run} is a preprocessing job, not a model: report the runs trained on its dataset")
     evals = {}
     names = sorted({o.key.split("/")[3] for o in store.list(join_key(prefix, "eval"))
                     if o.key.endswith("/results.json")},
@@ -137,6 +144,7 @@ def build_report(store: ObjectStore, runs: list[str], title: str = "cxrjobs repo
     """(HTML text, summary) for `runs`."""
     if not runs:
         raise CxrError("no runs given; e.g. cxrjobs report RUN1 RUN2 -o report.html")
+    runs = list(dict.fromkeys(runs))  # a run named twice is one row
     items = [collect(store, r) for r in runs]
     columns = sorted({n for it in items for n in it["evals"]},
                      key=lambda n: (PREFERRED.index(n) if n in PREFERRED else len(PREFERRED), n))

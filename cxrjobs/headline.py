@@ -16,8 +16,14 @@ def headline(m: dict) -> str:
     v = m[name]
     val = "n/a" if v["value"] is None else f"{v['value']:.3f}"
     ci = f" [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]" if v["ci"] else ""
-    if not v["ci"] and "replicates" in v and m.get("bootstrap"):
-        # The mean's CI uses only replicates that can score every class (eval.metrics).
-        ci = f" [CI n/a: {v['replicates']} of {m['bootstrap']} replicates could score all {v['classes']} classes]"
+    if "replicates" in v and m.get("bootstrap") and v["replicates"] < m["bootstrap"]:
+        # The mean's CI uses only replicates that can score every class (eval.metrics): a CI from
+        # a part of them is conditional on the rare classes' positives being drawn; say so.
+        if v["ci"]:
+            ci += f" (CI from the {v['replicates']} of {m['bootstrap']} replicates that could score all {v['classes']} classes)"
+        else:
+            ci = f" [CI n/a: {v['replicates']} of {m['bootstrap']} replicates could score all {v['classes']} classes]"
+    elif not v["ci"] and m.get("bootstrap") == 0:
+        ci = " [no CI: bootstrap 0]"
     few = f"; few cases: {m['few_cases']}, the CI is not reliable" if m.get("few_cases") else ""
     return f"{name} {val}{ci} ({m['split']}: {m['images']} images, {m['patients']} patients{few})"

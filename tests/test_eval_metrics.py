@@ -151,6 +151,12 @@ def test_mean_auroc_ci_averages_the_same_classes_in_every_replicate():
     assert few["mean_auroc"]["ci"] is None and few["mean_auroc"]["replicates"] < 20
     from cxrjobs.headline import headline
     assert f"[CI n/a: {few['mean_auroc']['replicates']} of 30 replicates could score all 3 classes]" in headline(few)
+    # A CI from a part of the replicates was shown as if it came from all of them.
+    assert (f"[0.333, 0.333] (CI from the {m['replicates']} of 400 replicates that could score all 3 classes)"
+            in headline(out))
+    # --bootstrap 0: a metric without a CI said nothing about it.
+    none = summarize("multilabel", logits, targets, np.arange(n).astype(str), ["a", "b", "c"], "val", n_boot=0)
+    assert "mean_auroc 0.333 [no CI: bootstrap 0] (val:" in headline(none)
 
 
 def test_few_cases_are_flagged_even_with_a_narrow_ci():

@@ -411,3 +411,19 @@ def test_inspect_takes_a_dataset_as_jobs_name_it(local_env, tmp_path, monkeypatc
         assert info["image_size"] == 16 and info["images"] > 0
     err = main_exit(monkeypatch, capsys, "data", "inspect", "datasets/none")
     assert "datasets/none: neither a local folder nor a dataset in store" in err
+
+
+@pytest.mark.parametrize("args", [
+    ("data", "preprocess", "FILE", "--format", "nih", "--out", "OUT"),
+    ("data", "inspect", "FILE"),
+    ("submit", "train", "--data", "FILE", "--name", "onfile"),
+])
+def test_a_file_given_for_a_dataset_folder_is_named_a_file(tmp_path, monkeypatch, args):
+    """It said 'not found', for the jobs with the path's leading '/' dropped (taken as a store key)."""
+    monkeypatch.setenv("CXRJOBS_STORE", str(tmp_path / "store"))
+    monkeypatch.delenv("CXRJOBS_CONFIG", raising=False)
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"\xff\xd8 not a folder")
+    args = [str(photo) if a == "FILE" else str(tmp_path / "o") if a == "OUT" else a for a in args]
+    text = failure_text(cli(*args))
+    assert f"{photo}" in text and "a file, not a dataset folder" in text, text

@@ -164,6 +164,8 @@ def inspect(dest: str = typer.Argument(..., help="preprocessed dataset: local fo
     from cxrjobs.data.inspect import inspect_dataset
     from cxrjobs.specs.train import dataset_ref
 
+    if not dest.startswith(STORE_SCHEME) and Path(dest).exists() and not Path(dest).is_dir():
+        raise ConfigError(f"{dest}: a file, not a dataset folder; give the folder a preprocessing run wrote")
     if not dest.startswith(STORE_SCHEME) and not Path(dest).is_dir():
         # As the jobs' --data: a name that is no local folder is the store's dataset of that name.
         try:

@@ -81,7 +81,7 @@ class Files(ABC):
 class LocalFiles(Files):
     def __init__(self, root: str):
         if not os.path.isdir(root):
-            raise DataError(f"{root}: dataset folder not found")
+            raise DataError(f"{root}: {'a file, not a dataset folder' if os.path.exists(root) else 'dataset folder not found'}")
         try:
             root.encode("utf-8")
         except UnicodeEncodeError:

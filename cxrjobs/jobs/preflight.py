@@ -25,6 +25,9 @@ def _manifest(data: str, store: ObjectStore, field: str) -> dict:
             raise ConfigError(f"{field}: {data} is a folder without manifest.json, not a preprocessed "
                               "dataset; preprocess it first (`cxrjobs data preprocess`)")
         text, where = path.read_text(), str(path)
+    elif os.path.exists(data):  # else taken for a store key, and named without its leading '/'
+        raise ConfigError(f"{field}: {data} is a file, not a dataset folder; give the folder a "
+                          "preprocessing run wrote (with manifest.json)")
     else:
         try:
             key = join_key(data, "manifest.json")

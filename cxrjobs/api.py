@@ -76,6 +76,9 @@ def run_status(run: str, backend: str = "local", kube=None) -> dict:
         last = metrics[-1]
         st["epoch"] = last["epoch"]
         st["last_metrics"] = {"train_loss": last["train"]["loss"], "val": last["val"]}
+        best = [m["epoch"] for m in metrics if m.get("best")]
+        if best:  # the epoch of best.pt, which the test split scores (not always the last one)
+            st["best_epoch"] = best[-1]
     tune_key = join_key("runs", run, "tune_status.json")  # a search: trial counts, best so far
     if store.exists(tune_key):
         st["tune"] = json.loads(store.get_text(tune_key))

@@ -273,6 +273,26 @@ def test_runs_says_when_there_are_none(local_env):
     assert res.returncode == 0 and json.loads(res.stdout) == []
 
 
+def test_status_says_which_epoch_the_test_score_belongs_to(local_env):
+    """'epoch 4, val_loss 0.8136, auroc 1.000 [...]; test auroc 0.245' read as a bug: the test
+    score is best.pt's, from epoch 1, beside the last epoch's validation metrics."""
+    root = load_settings().local_state
+    (root / "m2").mkdir(parents=True)
+    (root / "m2" / "state.json").write_text(json.dumps({"run": "m2", "state": "Succeeded", "kind": "train",
+                                                        "replicas": 1}))
+    local_env.put_text("runs/m2/spec.json", json.dumps({"kind": "train", "name": "m2"}))
+    val = {"split": "val", "images": 10, "patients": 8, "loss": 0.5, "auroc": {"value": 0.9, "ci": [0.8, 1.0]}}
+    local_env.put_text("runs/m2/metrics.jsonl", "".join(json.dumps(
+        {"epoch": e, "train": {"loss": 0.4}, "val": {**val, "loss": loss}, "best": e == 1}) + "\n"
+        for e, loss in ((1, 0.5), (2, 0.7))))
+    test = {"split": "test", "images": 20, "patients": 9, "auroc": {"value": 0.7, "ci": [0.5, 0.9]}}
+    local_env.put_text("runs/m2/artifacts/result.json", json.dumps({"run": "m2", "epochs": 2, "test": test}))
+    res = cli("status", "m2")
+    assert res.returncode == 0, res.stderr
+    assert "epoch 2, val_loss 0.7000" in res.stdout
+    assert "; test of best.pt (epoch 1): auroc 0.700 [0.500, 0.900] (test: 20 images, 9 patients)" in res.stdout
+
+
 def test_status_points_at_an_evaluation_and_knows_an_exported_best_trial(local_env):
     """An evaluate job's results live in the run it scores (runs/RUN/eval/NAME/): its status and
     its --wait line pointed at an empty runs/<job>/ and showed no result. A search's exported

@@ -81,7 +81,8 @@ def register(app: typer.Typer) -> None:
         if st.get("result", {}).get("best", {}) and "tune" in st:
             line += f"; best run exported as {st['result']['best']['run']}"
         if st.get("result", {}).get("test"):
-            line += f"; test {headline(st['result']['test'])}"
+            best = st["result"].get("best_epoch") or st.get("best_epoch")
+            line += f"; test of best.pt{f' (epoch {best})' if best else ''}: {headline(st['result']['test'])}"
         if st.get("evaluation"):
             from cxrjobs.eval.job import summary_line
             line += f"; {summary_line(st['evaluation'])}"

@@ -351,8 +351,10 @@ class Trainer:
 
     def _finish(self) -> dict:
         spec = self.spec
+        best_epochs = [h["epoch"] for h in self.history if h.get("best")]
         result = {"run": self.run.run_id, "epochs": len(self.history), "best_val_loss": self.best_val,
-                  "monitor": spec.monitor, "best_monitor": self.best_monitor}
+                  "monitor": spec.monitor, "best_monitor": self.best_monitor,
+                  "best_epoch": best_epochs[-1] if best_epochs else None}  # what test scores
         self.log(f"rank {self.ctx.rank} final weights sha256 {checkpoint.weights_digest(self.model)}")
         if self.ctx.distributed:
             dist.barrier()  # best.pt is written by rank 0 before anyone reads it
@@ -372,6 +374,7 @@ class Trainer:
             store = self.run.store
             store.put_text(self.run.key("artifacts/result.json"), json.dumps(result, indent=1))
             where = f"{store.url}/{self.run.key('')}"
-            msg = headline(result["test"]) if "test" in result else f"best {spec.monitor} {self.best_monitor:.4f}"
-            self.log(f"run {self.run.run_id} finished {result['epochs']} epochs: test {msg}; artifacts: {where}")
+            best = f"best.pt (epoch {result['best_epoch']}, {spec.monitor} {self.best_monitor:.4f})"
+            msg = f"test of {best}: {headline(result['test'])}" if "test" in result else best
+            self.log(f"run {self.run.run_id} finished {result['epochs']} epochs: {msg}; artifacts: {where}")
         return result

@@ -31,7 +31,10 @@ def _left_out(excluded: dict | None) -> str:
 
 def _fractions(text: str) -> tuple[float, ...]:
     try:
-        return tuple(float(x) for x in text.split(","))
+        parts = tuple(float(x) for x in text.split(","))
+        if len(parts) != 3:
+            raise ValueError(text)
+        return parts
     except ValueError:
         raise ConfigError(f"--fractions {text!r}: expected three numbers train,val,test that sum to 1, "
                           "e.g. 0.7,0.1,0.2") from None
@@ -77,7 +80,7 @@ def preprocess(source: str = typer.Argument(..., help="dataset folder, or store:
                fractions: str = typer.Option("0.7,0.1,0.2", help="train,val,test fractions of patients"),
                shard_size: Optional[int] = typer.Option(None, help="images per shard (default: ~64 MiB shards)"),
                shard_index: int = typer.Option(0, help="this slice (an Indexed Job pod's JOB_COMPLETION_INDEX)"),
-               num_shards: int = typer.Option(1, help="number of slices; >1 skips the merge"),
+               num_shards: int = typer.Option(1, min=1, help="number of slices; >1 skips the merge"),
                csv: Optional[str] = typer.Option(None, help="label CSV, if not in the usual place"),
                views: Optional[str] = typer.Option(None, help="covid: comma-separated views to keep"),
                class_map: Optional[str] = typer.Option(None, help="imagefolder: e.g. COVID=1,covid=1,NORMAL=0"),

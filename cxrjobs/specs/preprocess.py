@@ -8,7 +8,7 @@ import os
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # A raw dataset is a local folder, or a prefix in the object store: `store://raw/NAME` (in the
 # configured store, where `cxrjobs data upload DIR --name raw/NAME` puts it) or `s3://BUCKET/PREFIX`.
@@ -74,6 +74,17 @@ class PreprocessSpec(BaseModel):
             raise ValueError(f"{v!r} has no group: put the patient id in parentheses, "
                              r"e.g. '^(\d+)_' (group 1 is the patient id)")
         return v
+
+    @model_validator(mode="after")
+    def _options_of_the_format(self):
+        # An option another format takes was ignored without a word.
+        only = {"views": ("covid",), "class_map": ("imagefolder",), "labels": ("imagefolder",),
+                "patient_regex": ("imagefolder",)}
+        for name, formats in only.items():
+            if getattr(self, name) is not None and self.format not in formats:
+                raise ValueError(f"{name} (--{name.replace('_', '-')}) is only for --format {' or '.join(formats)}, "
+                                 f"not {self.format}: leave it out")
+        return self
 
     def output_options(self) -> dict:
         """The options a rerun into the same output must repeat exactly."""

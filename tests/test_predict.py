@@ -75,7 +75,7 @@ def test_exit_code_is_non_zero_only_when_nothing_was_scored(store, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     r = runner.invoke(app, ["predict", "--model", "tiny", str(bad), "--json"])
-    assert r.exit_code == 1
+    assert r.exit_code == 2  # bad input, as for every refusal (it was 1, a crash's code)
     assert _json(r.output)["results"][0]["error"]
 
 

@@ -21,8 +21,8 @@ def register(app: typer.Typer) -> None:
         """Label chest X-ray images with a trained run: per image the label, its probability and an
         `ood` flag with its score (label `unknown` when the image does not look like the run's
         training X-rays). Preprocessing (size, pad/crop, normalisation) comes from the checkpoint.
-        An undecodable file gets its own error entry; the exit code is non-zero only if no image
-        could be scored.
+        An undecodable file gets its own error entry; the exit code is 2 (bad input) only if no
+        image could be scored.
 
         Example: cxrjobs predict --model transfer-20260101-120000-ab12 scans/ photo.jpg --json
         """
@@ -49,5 +49,5 @@ def register(app: typer.Typer) -> None:
             out.print(f"{res['scored']} of {res['images']} images scored with run {res['run']} "
                       f"({res['errors']} errors, {res['ood_flagged']} flagged as not like its training X-rays) "
                       f"in {res['seconds']:.2f}s")
-        if res["scored"] == 0:
-            raise typer.Exit(1)
+        if res["scored"] == 0:  # nothing scorable was given: bad input, like the CLI's other refusals
+            raise typer.Exit(2)

@@ -353,6 +353,11 @@ def test_runs_table_never_cuts_run_ids(local_env):
         (root / n / "state.json").write_text(json.dumps({
             "run": n, "state": "Failed", "kind": "nih-train", "replicas": 2, "restarts": 3,
             "message": "replica 0 exited with code 1: RuntimeError: a long message " * 3}))
+    long = "a-run-with-a-long-error"
+    (root / long).mkdir(parents=True)
+    (root / long / "state.json").write_text(json.dumps({
+        "run": long, "state": "Failed", "kind": "train", "replicas": 1, "restarts": 0,
+        "message": "replica 0 exited with code 2: " + "word " * 300 + "\nsecond line"}))
     res = cli("runs", env={"COLUMNS": "80"})
     assert res.returncode == 0, res.stderr
     print(res.stdout)
@@ -360,6 +365,10 @@ def test_runs_table_never_cuts_run_ids(local_env):
     for n in names:
         assert any(n in line for line in lines), f"{n} is not printed whole:\n{res.stdout}"
     assert "…" not in res.stdout
+    # A long error wrapped into some 25 lines of the table: its first 100 characters, and where the rest is.
+    row = res.stdout[res.stdout.index(long):]
+    assert "word...(seestatus)" in "".join(row.split())
+    assert "second line" not in res.stdout and res.stdout.count("word") < 40
 
 
 def test_spec_and_flag_errors_name_the_field(local_env, tmp_path):

@@ -26,6 +26,14 @@ def _backend(backend: str, namespace: str):
 
 
 def register(app: typer.Typer) -> None:
+    def _brief(message: str, most: int = 100) -> str:
+        """A message's first line, cut at `most` characters: a long error wrapped into some 25
+        lines of the table. `status RUN` prints it whole."""
+        first = (message or "").strip().split("\n", 1)[0]
+        if len(first) <= most and first == (message or "").strip():
+            return first
+        return f"{first[:most].rstrip()}... (see status)"
+
     @app.command()
     def runs(backend: str = BACKEND, namespace: str = NAMESPACE, as_json: bool = typer.Option(False, "--json")):
         """List runs and their states.
@@ -50,7 +58,8 @@ def register(app: typer.Typer) -> None:
         message = Column("message", overflow="fold", ratio=1, min_width=20)
         t = Table(*cols, message, box=None, padding=(0, 1), pad_edge=False)
         for s in items:
-            t.add_row(s["run"], s["kind"], s["state"], str(s["replicas"]), str(s["restarts"]), s["message"])
+            t.add_row(s["run"], s["kind"], s["state"], str(s["replicas"]), str(s["restarts"]),
+                      _brief(s["message"]))
         # Wider than the terminal only when the fixed columns alone do not fit (it soft-wraps).
         need = sum(c.min_width + 2 for c in cols) + message.min_width
         (out if need <= out.width else Console(width=need, soft_wrap=True)).print(t)

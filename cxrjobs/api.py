@@ -105,10 +105,14 @@ def _exported_status(run: str, backend: str, store: ObjectStore) -> dict | None:
 
 def _point_at_evaluation(st: dict, run: str, store: ObjectStore) -> None:
     """An evaluate job writes into the run it scores (runs/RUN/eval/NAME/), not under its own id:
-    its status points there and carries the results' headline."""
+    its status points there and carries the results' headline. A preprocess job's output is its
+    dataset."""
     try:
         spec = json.loads(store.get_text(join_key("runs", run, "spec.json")))
     except Exception:
+        return
+    if spec.get("kind") == "preprocess" and (spec.get("preprocess") or {}).get("output"):
+        st["artifacts"] = f"{store.url}/{spec['preprocess']['output']}"
         return
     ev = spec.get("evaluate") if spec.get("kind") == "evaluate" else None
     if not ev:

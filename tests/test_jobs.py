@@ -312,6 +312,15 @@ def test_status_points_at_an_evaluation_and_knows_an_exported_best_trial(local_e
     assert "auroc 0.800 [0.600, 0.900]" in res.stdout and "(test: 20 images, 9 patients)" in res.stdout
     assert res.stdout.rstrip().endswith("runs/m1/eval/test1"), res.stdout
 
+    # A preprocess job pointed at runs/<job>/, not at the dataset it wrote.
+    (root / "pp1").mkdir(parents=True)
+    (root / "pp1" / "state.json").write_text(json.dumps({"run": "pp1", "state": "Succeeded", "kind": "preprocess",
+                                                         "replicas": 1}))
+    local_env.put_text("runs/pp1/spec.json", json.dumps({"kind": "preprocess", "name": "pp1", "preprocess": {
+        "output": "datasets/nih-64"}}))
+    res = cli("status", "pp1")
+    assert res.returncode == 0 and res.stdout.rstrip().endswith("/datasets/nih-64"), res.stdout
+
     local_env.put_text("runs/t-best/artifacts/result.json", json.dumps({"run": "t-best", "tuned_by": "t"}))
     res = cli("status", "t-best")
     assert res.returncode == 0, res.stderr

@@ -163,3 +163,19 @@ def test_external_set_labels_map_onto_run_classes(tiny_run, tmp_path, trained):
 def test_evaluate_help_has_an_example():
     r = runner.invoke(app, ["submit", "evaluate", "--help"])
     assert r.exit_code == 0 and "Example: cxrjobs submit evaluate" in r.output
+
+
+def test_a_multilabel_class_mismatch_gets_a_multilabel_hint():
+    """An NIH run scored on a COVID set was told to use --class-map covid=1,normal=0 --labels
+    Atelectasis,Cardiomegaly,...: advice for binary image folders."""
+    from types import SimpleNamespace
+
+    from cxrjobs.eval.job import map_targets
+
+    ds = SimpleNamespace(class_names=["COVID-19"], targets=torch.zeros(3, 1))
+    with pytest.raises(DataError) as e:
+        map_targets(ds, ["Atelectasis", "Cardiomegaly"], "multilabel", "datasets/covid-64")
+    assert "same findings (e.g. another NIH-format set)" in str(e.value) and "--class-map" not in str(e.value)
+    with pytest.raises(DataError, match="--class-map covid=1,normal=0 --labels non-COVID,COVID-19"):
+        map_targets(SimpleNamespace(class_names=["a", "b"], targets=torch.zeros(3)), ["non-COVID", "COVID-19"],
+                    "multiclass", "x")

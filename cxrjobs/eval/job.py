@@ -45,8 +45,10 @@ def map_targets(ds, run_classes: list[str], objective: str, data: str) -> torch.
         raise DataError(
             f"dataset {data}: its classes {own} do not map onto the run's classes {run_classes}"
             + (f" (unknown: {unknown})" if unknown else " (a multi-label set needs the same findings)")
-            + "; preprocess it with labels named like the run's (imagefolder: --class-map/--labels, "
-              "e.g. --class-map covid=1,normal=0 --labels " + ",".join(run_classes) + ")")
+            + ("; a multi-label run scores datasets of the same findings (e.g. another NIH-format set)"
+               if objective == "multilabel" else
+               "; preprocess it with labels named like the run's (imagefolder: --class-map/--labels, "
+               f"e.g. --class-map covid=1,normal=0 --labels {','.join(run_classes)})"))
     if own == list(run_classes):
         return ds.targets
     if objective == "multilabel":

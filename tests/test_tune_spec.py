@@ -91,6 +91,13 @@ def test_cli_submit_tune_dry_run_reads_space_file_and_training_flags(local_env, 
         "epochs_per_trial": 3, "space": {**default_space(3), "lr": {"loguniform": [1e-3, 1e-2]}, "gamma": 0.5}}})
     assert job.tune.train.batch_size == 16 and job.tune.space["gamma"] == 0.5
 
+    # --epochs was replaced by --epochs-per-trial without a word.
+    bad = CliRunner().invoke(app, ["submit", "tune", "--data", "d", "--epochs", "3", "--epochs-per-trial", "2",
+                                   "--dry-run"])
+    assert bad.exit_code != 0 and "--epochs 3 and --epochs-per-trial 2" in str(bad.exception)
+    same = CliRunner().invoke(app, ["submit", "tune", "--data", "d", "--epochs", "3", "--name", "t3", "--dry-run"])
+    assert same.exit_code == 0, same.output
+
     bad = CliRunner().invoke(app, ["submit", "tune", "--data", "d", "--metric", "val_f1", "--dry-run"])
     assert bad.exit_code != 0 and "tune.metric" in str(bad.exception)
 

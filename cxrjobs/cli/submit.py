@@ -283,6 +283,12 @@ def tune(job: dict,
     from cxrjobs.jobs.resolve import resolve_job
     from cxrjobs.specs.tune import TuneSpec
 
+    given = job["train"].pop("epochs")  # a trial's epochs: one count, not two that disagree
+    if given is not None and epochs_per_trial is not None and given != epochs_per_trial:
+        from cxrjobs.errors import ConfigError
+        raise ConfigError(f"--epochs {given} and --epochs-per-trial {epochs_per_trial}: a trial trains "
+                          "--epochs-per-trial epochs; give that one")
+    epochs_per_trial = epochs_per_trial if epochs_per_trial is not None else given
     tune_doc = dict(job=job_kind, trials=trials, algo=algo, epochs_per_trial=epochs_per_trial,
                     perturbation_interval=perturbation_interval, max_concurrent=max_concurrent,
                     cpus=cpus, metric=metric, mode=mode, max_failures=max_failures, seed=tune_seed,

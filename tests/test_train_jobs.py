@@ -72,3 +72,12 @@ def test_a_negative_seed_is_refused_before_anything_runs(args, local_env):
     text = res.output + (str(res.exception) if isinstance(res.exception, CxrError) else "")
     assert res.exit_code == 2 or isinstance(res.exception, CxrError), text  # main() exits 2 on a CxrError
     assert "seed" in text and "greater than or equal to 0" in text
+
+
+def test_kubernetes_options_on_the_local_backend_are_refused(local_env):
+    """`submit train --cpu 3` on the local backend ignored --cpu without a word."""
+    res = CliRunner().invoke(app, ["submit", "train", "--data", "d", "--cpu", "3", "--gpus", "1", "--dry-run"])
+    assert isinstance(res.exception, ConfigError)
+    assert "--cpu, --gpus: Kubernetes options" in str(res.exception) and "--backend kubernetes" in str(res.exception)
+    ok = CliRunner().invoke(app, ["submit", "train", "--data", "d", "--namespace", "ml", "--dry-run"])
+    assert ok.exit_code == 0, ok.output  # --namespace (also CXRJOBS_NAMESPACE) names where runs are looked up

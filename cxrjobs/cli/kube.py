@@ -88,6 +88,12 @@ def kubernetes_options(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         values = {name: kwargs.pop(name, None) for name in _PARAMS}
+        if kwargs.get("backend") == "local":  # they were ignored without a word
+            given = [_PARAMS[n][1].param_decls[0] for n, v in values.items()
+                     if n != "namespace" and v not in (None, "", [])]
+            if given:
+                raise ConfigError(f"{', '.join(given)}: Kubernetes options, and this job runs on the local "
+                                  "backend (processes on this machine); add --backend kubernetes or leave them out")
         token = _current.set(build_options(values))
         try:
             return fn(*args, **kwargs)

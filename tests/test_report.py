@@ -140,6 +140,31 @@ def test_report_of_a_job_that_is_no_model_names_the_run_to_report(two_runs, tmp_
     assert summary["runs"] == ["tiny"] and len(summary["rows"]) == 1
 
 
+def test_report_shows_each_finding_and_flags_an_unfinished_run(two_runs, tmp_path):
+    """A multi-label evaluation showed only its mean AUROC; a run scored with --allow-unfinished
+    (19 of 300 epochs) was listed like a finished one."""
+    from cxrjobs.report.html import build_report
+    from cxrjobs.storage import LocalStore
+
+    shutil.copytree(two_runs / "store" / "runs" / "method-a", tmp_path / "runs" / "ml")
+    store = LocalStore(tmp_path)
+    key = "runs/ml/eval/test1/results.json"
+    res = json.loads(store.get_text(key))
+    res.update({"auroc": {"Atelectasis": {"value": 0.71, "ci": [0.6, 0.8]}, "Hernia": {"value": None, "ci": None}},
+                "mean_auroc": {"value": 0.71, "ci": [0.6, 0.8], "classes": 1, "replicates": 200}})
+    store.put_text(key, json.dumps(res))
+    html, summary = build_report(store, ["ml"])
+    assert "<td class=\"method\">Atelectasis</td><td>0.710 [0.600, 0.800]</td>" in html
+    assert "Hernia</td><td>n/a (no positive or no negative patient)" in html
+    assert not any("has not finished" in w for w in summary["warnings"])
+    spec = json.loads(store.get_text("runs/ml/spec.json"))
+    spec["train"]["epochs"] = 300
+    store.put_text("runs/ml/spec.json", json.dumps(spec))
+    store.delete("runs/ml/artifacts/result.json")
+    html, summary = build_report(store, ["ml"])
+    assert "ml: training has not finished (1 of 300 epochs recorded)" in " ".join(summary["warnings"])
+
+
 def test_report_help_has_an_example():
     r = CliRunner().invoke(app, ["report", "--help"])
     assert r.exit_code == 0 and "Example: cxrjobs report" in r.output

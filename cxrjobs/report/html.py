@@ -134,10 +134,22 @@ def collect(store: ObjectStore, run: str) -> dict:
     search = _search(store, prefix)
     return {"run": run, "spec": spec, "method": _method(spec or {}, run), "evals": evals, "search": search,
             "epochs": len(history),
+            # Scored with --allow-unfinished (or not scored yet): its numbers are of best.pt so far.
+            "unfinished": _unfinished(store, prefix, spec, len(history)),
             # A search has no epochs of its own: its trials' curves are in the search's plots.
             "loss_png": (_data_uri(plots.loss_curves(history, f"{run}: loss per epoch"))
                          if history or search is None else None),
             "spec_text": json.dumps(spec, indent=1) if spec else "(no spec.json)"}
+
+
+def _unfinished(store: ObjectStore, prefix: str, spec: dict | None, epochs: int) -> str | None:
+    """Why a training run's numbers are not its final model's: it has no artifacts/result.json,
+    which training writes last (scored with --allow-unfinished, or not scored yet)."""
+    train = (spec or {}).get("train")
+    if spec is None or spec.get("kind") == "tune" or not train or store.exists(join_key(prefix, "artifacts", "result.json")):
+        return None
+    return (f"training has not finished ({epochs} of {train.get('epochs', '?')} epochs recorded): "
+            "its scores are of its best.pt so far, not of a finished run")
 
 
 def build_report(store: ObjectStore, runs: list[str], title: str = "cxrjobs report") -> tuple[str, dict]:
@@ -156,6 +168,7 @@ def build_report(store: ObjectStore, runs: list[str], title: str = "cxrjobs repo
     warnings += [f"{it['run']} on {name}: few cases ({ev['res']['few_cases']}; {ev['res']['n_images']} images, "
                  f"{ev['res']['n_patients']} patients): its CIs are not reliable, even a narrow one"
                  for it in items for name, ev in it["evals"].items() if ev["res"].get("few_cases")]
+    warnings += [f"{it['run']}: {it['unfinished']}" for it in items if it["unfinished"]]
     env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(["html", "j2"]),
                       trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = _num

@@ -498,3 +498,50 @@ def test_strict_with_workers_stops_and_shuts_the_pool_down(phantom, tmp_path):
     with pytest.raises(DataError, match="--strict"):
         run_slice(spec_for(phantom.out, strict=True), LocalStore(tmp_path / "s"), "", workers=2,
                   show_progress=False)
+
+
+def test_two_runs_starting_together_on_one_output_never_mix(phantom, tmp_path, monkeypatch):
+    """Two preprocessing runs with other options into one output, started together, both saw
+    "no plan yet", both wrote plan.json and shards, and both exited 0: a dataset of mixed shards
+    whose manifest named one run's options. The claim of plan.json is exclusive now: one run
+    makes the output, the other refuses before it writes anything."""
+    import threading
+
+    import cxrjobs.data.preprocess as pp
+
+    together = threading.Barrier(2, timeout=30)
+    real = pp._plan_doc
+
+    def planned_at_once(*a, **kw):  # both have planned, neither has claimed
+        doc = real(*a, **kw)
+        together.wait()
+        return doc
+
+    monkeypatch.setattr(pp, "_plan_doc", planned_at_once)
+    store = LocalStore(tmp_path / "out")
+    outcome = {}
+
+    def run(fit):
+        try:
+            run_slice(spec_for(phantom.out, fit=fit), store, "", show_progress=False)
+            outcome[fit] = "made"
+        except DataError as e:
+            outcome[fit] = str(e)
+
+    threads = [threading.Thread(target=run, args=(fit,)) for fit in ("pad", "crop")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    made = [fit for fit, o in outcome.items() if o == "made"]
+    assert len(made) == 1, outcome
+    other = "crop" if made == ["pad"] else "pad"
+    assert "already holds a preprocessing output made with different options" in outcome[other]
+    assert f"fit: '{made[0]}' there, '{other}' now" in outcome[other]
+    manifest = merge(store, "")
+    assert manifest["parameters"]["fit"] == made[0]
+    reference = LocalStore(tmp_path / "alone")
+    monkeypatch.setattr(pp, "_plan_doc", real)
+    run_slice(spec_for(phantom.out, fit=made[0]), reference, "", show_progress=False)
+    for shard in sorted((tmp_path / "alone" / "shards").glob("*.npy")):  # every shard is the winner's
+        assert (tmp_path / "out" / "shards" / shard.name).read_bytes() == shard.read_bytes(), shard.name

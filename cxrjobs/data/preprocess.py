@@ -172,8 +172,12 @@ def _claim_output(spec: PreprocessSpec, src: Source, rec: pd.DataFrame, store: O
                 raise DataError(f"{where} holds files that no preprocessing run wrote ({', '.join(foreign)}"
                                 f"{' ...' if len(foreign) == 3 else ''}): the output would be mixed into them. "
                                 "Choose a new or empty --out (job: `output`)")
-            store.put_text(key, json.dumps(new, indent=1, sort_keys=True))
-            return new
+            # Claimed exclusively: of two runs starting together (other options, one output),
+            # the one that finds the other's plan compares and refuses before it writes a shard.
+            if store.create(key, json.dumps(new, indent=1, sort_keys=True).encode("utf-8")):
+                return new
+            first = False
+            continue
         first = False
         if old is None and store.exists(key):
             continue  # another slice wrote its plan (and a shard) since we looked: compare with it

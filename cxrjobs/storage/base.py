@@ -129,6 +129,15 @@ class ObjectStore(ABC):
     @abstractmethod
     def delete(self, key: str) -> None: ...
 
+    def create(self, key: str, data: bytes) -> bool:
+        """Write `key` only if it does not exist yet; True when this call made it. Used to claim
+        an output (preprocessing's plan.json) between concurrent writers. Here a check then a
+        write (two writers can both see it missing); LocalStore makes it atomic."""
+        if self.exists(key):
+            return False
+        self.put_bytes(key, data)
+        return True
+
     def checksum(self, key: str) -> str | None:
         """The object's sha256, or None when it is missing or the store does not know it."""
         info = self.stat(key)

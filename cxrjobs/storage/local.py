@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
@@ -89,6 +90,20 @@ class LocalStore(ObjectStore):
         dst = self._path(key)
         atomic_write_bytes(dst, data)
         return ObjectInfo(check_key(key), len(data), None)
+
+    def create(self, key: str, data: bytes) -> bool:
+        # A complete temp file hard-linked to the name: link() fails if the name exists, so of
+        # two writers exactly one wins, and no reader sees a partial file.
+        dst = self._path(key)
+        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        atomic_write_bytes(tmp, data)
+        try:
+            os.link(tmp, dst)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def get_file(self, key: str, path: str | Path) -> None:
         src = self._path(key)

@@ -522,6 +522,22 @@ def test_resubmitting_a_name_with_other_options_names_what_differs(local_env, tm
         api.submit(changed, "local")
 
 
+def test_a_search_never_overwrites_a_run_named_like_its_best_trial(local_env, tmp_path):
+    """A search named tc exported its best trial over a finished run tc-best (its checkpoints
+    replaced; its ood.json, logs and evaluations left beside weights they do not describe)."""
+    data = fake_dataset(tmp_path / "ds")
+    local_env.put_text("runs/tc-best/spec.json", json.dumps({"kind": "train", "name": "tc-best"}))
+    job = resolve_job("tune", None, {"name": "tc", "tune": {"train": {"data": str(data)}, "algo": "random",
+                                                             "trials": 1, "epochs_per_trial": 1}})
+    with pytest.raises(ConfigError, match="name: run tc-best exists in .* and search tc did not make it"):
+        api.submit(job)
+    assert not local_env.exists("runs/tc/spec.json")
+    # Its own export (a search resubmitted to resume) is no obstacle.
+    local_env.put_text("runs/tc-best/artifacts/result.json", json.dumps({"run": "tc-best", "tuned_by": "tc"}))
+    from cxrjobs.jobs.preflight import check_job
+    check_job(job, local_env)
+
+
 def test_wait_exits_2_when_a_replica_reports_a_user_error(local_env, tmp_path):
     """`submit --wait` exited 1 for a run failed by a user error (replica exit 2), unlike submit's
     own refusals (exit 2): scripts could not tell bad options from a crash."""

@@ -396,7 +396,7 @@ def test_search_names_fit_kuberay_and_the_exported_best_run_on_every_backend(loc
     """KubeRay takes RayJob names of at most 47 characters; NAME-best must be a valid run name
     (52 at most). A 48..52-character search name passed and rendered a RayJob (locally, its best
     run would have been truncated to another name)."""
-    from cxrjobs.tune.export import best_run_id
+    from cxrjobs.jobs.spec import best_run_id
 
     args = ["submit", "tune", "--job", "train", "--data", "datasets/x", "--backend", backend, "--dry-run"]
     for n in (48, 52):

@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 
 from cxrjobs.errors import ConfigError, CxrError
-from cxrjobs.jobs.spec import JobSpec
+from cxrjobs.jobs.spec import JobSpec, best_run_id
 from cxrjobs.specs.train import TrainSpec, available_monitors
 from cxrjobs.storage import ObjectStore, join_key
-from cxrjobs.storage.runs import locate_weights, search_note, training_note
+from cxrjobs.storage.runs import best_run_taken, locate_weights, search_note, training_note
 
 
 def _manifest(data: str, store: ObjectStore, field: str) -> dict:
@@ -107,6 +107,9 @@ def check_job(job: JobSpec, store: ObjectStore) -> None:
         check_train(job.train, store, "train")
     if getattr(job, "tune", None) is not None:  # a search holds the training spec of its trials
         check_train(job.tune.train, store, "tune.train")
+        taken = best_run_taken(store, job.name, best_run_id(job.name))
+        if taken:
+            raise ConfigError(f"name: {taken}")
     if getattr(job, "evaluate", None) is not None:
         ev = job.evaluate
         _manifest(ev.data, store, "evaluate.data")

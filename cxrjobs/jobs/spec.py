@@ -31,6 +31,12 @@ BEST_SUFFIX = "-best"
 SEARCH_NAME_MAX = min(KUBERAY_NAME_MAX, NAME_MAX - len(BEST_SUFFIX))  # 47
 
 
+def best_run_id(search: str) -> str:
+    """The run a search's best trial is exported as. A search's name is checked at submit (at
+    most SEARCH_NAME_MAX); the cut keeps an older search's longer name exportable."""
+    return check_run_name(f"{search[:SEARCH_NAME_MAX].rstrip('-')}{BEST_SUFFIX}")
+
+
 def check_run_name(name: str) -> str:
     """Every command that takes a run name goes through this (it becomes a path and an object name)."""
     if not isinstance(name, str) or not NAME_RE.match(name):

@@ -31,6 +31,23 @@ def search_note(store: ObjectStore, run: str) -> str | None:
             f"when the search finishes with a result (`cxrjobs status {run}`)")
 
 
+def best_run_taken(store: ObjectStore, search: str, best: str) -> str | None:
+    """Why search `search` cannot export its best trial as run `best` (NAME-best): a run of that
+    name exists that the search did not make (it would be overwritten, its logs and evaluations
+    left beside other weights). None when the name is free or holds this search's own export."""
+    prefix = join_key("runs", best)
+    if next(iter(store.list(prefix + "/")), None) is None:
+        return None
+    try:
+        made_by = json.loads(store.get_text(join_key(prefix, "artifacts", "result.json"))).get("tuned_by")
+    except Exception:
+        made_by = None
+    if made_by == search:
+        return None
+    return (f"run {best} exists in {store.url} and search {search} did not make it: a search exports its "
+            f"best trial as NAME-best, which would overwrite that run; pick another --name for the search")
+
+
 def unfinished_note(store: ObjectStore, run: str) -> str | None:
     """Why a run named as the weights to start from (transfer --from) has none yet: a search (see
     search_note), or a run that has not finished. None when it has its best.pt, or is no run."""

@@ -18,16 +18,12 @@ import re
 import tempfile
 from pathlib import Path
 
-from cxrjobs.jobs.spec import BEST_SUFFIX, SEARCH_NAME_MAX, JobSpec, check_run_name
+from cxrjobs.errors import CxrError
+from cxrjobs.jobs.spec import JobSpec, best_run_id
 from cxrjobs.specs.tune import TuneSpec
 from cxrjobs.storage import ObjectStore, join_key
+from cxrjobs.storage.runs import best_run_taken
 from cxrjobs.tune.trainable import CHECKPOINT_FILES
-
-
-def best_run_id(tune_id: str) -> str:
-    # A search's name is checked at submit (at most SEARCH_NAME_MAX); the cut keeps an older
-    # search's longer name exportable.
-    return check_run_name(f"{tune_id[:SEARCH_NAME_MAX].rstrip('-')}{BEST_SUFFIX}")
 
 
 def _trial_id(result) -> str:
@@ -78,6 +74,9 @@ def export_best(result, spec: TuneSpec, tune_id: str, store: ObjectStore) -> tup
     from cxrjobs.tune.trainable import metric_value
 
     run_id = best_run_id(tune_id)
+    taken = best_run_taken(store, tune_id, run_id)
+    if taken:  # made while the search ran (submit refuses a search whose name is taken)
+        raise CxrError(taken)
     train = spec.trial_train_spec(result.config)
     job = JobSpec(kind=spec.job, name=run_id, train=train)
     best_val, best_loss = None, None

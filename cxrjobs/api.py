@@ -34,14 +34,23 @@ def submit(job: JobSpec, backend: str = "local", dry_run: bool = False,
     with be.lock(job.name):  # of two concurrent submits of one run, exactly one starts it
         if store.exists(key):
             old = JobSpec.model_validate_json(store.get_text(key))
-            if old != job:
-                diff = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, a, b in _spec_diff(
-                    old.model_dump(mode="json"), job.model_dump(mode="json"))[:6])
+            if old.kind != job.kind:
+                raise CxrError(f"run {job.name} exists as a {old.kind} run ({store.url}/{key}); this is a "
+                               f"{job.kind} job: pick another --name")
+            diffs = _spec_diff(old.model_dump(mode="json"), job.model_dump(mode="json"))
+            if diffs and all(k in RETRY_SETTINGS for k, _, _ in diffs):
+                store.put_text(key, text)  # e.g. a run failed on its backoff limit, resumed with a higher one
+            elif diffs:
+                diff = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, a, b in diffs[:6])
                 raise CxrError(f"run {job.name} exists with a different spec ({store.url}/{key}; {diff}); "
                                "pick another --name, or resubmit the same spec to resume it")
         else:
             store.put_text(key, text)
         return be.schedule(plan)
+
+
+# How a run is retried, not what it computes: a resubmission may change them.
+RETRY_SETTINGS = ("backoff_limit", "rendezvous_timeout")
 
 
 def _spec_diff(old, new, path: str = "") -> list[tuple[str, object, object]]:

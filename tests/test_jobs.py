@@ -520,6 +520,16 @@ def test_resubmitting_a_name_with_other_options_names_what_differs(local_env, tm
     with pytest.raises(CxrError, match=r"run same exists with a different spec .*train\.epochs: 3 then, 4 now, "
                                        r"train\.lr: 0\.001 then, 0\.01 now\); pick another --name"):
         api.submit(changed, "local")
+    # Another kind under the name: one line saying so (it was a dump of both payloads).
+    other = JobSpec.model_validate({"kind": "nih-train", "name": "same", "train": spec["train"]})
+    with pytest.raises(CxrError, match=r"run same exists as a train run .*; this is a nih-train job: pick another --name"):
+        api.submit(other, "local")
+    # How it is retried may change: a run failed on its backoff limit resumes with a higher one.
+    retried = JobSpec.model_validate({**spec, "backoff_limit": 9, "rendezvous_timeout": 60})
+    api.submit(retried, "local")
+    assert JobSpec.model_validate_json(local_env.get_text("runs/same/spec.json")).backoff_limit == 9
+    from cxrjobs.backends import get_backend
+    get_backend("local").cancel("same")
 
 
 def test_a_search_never_overwrites_a_run_named_like_its_best_trial(local_env, tmp_path):

@@ -63,6 +63,34 @@ def test_finished_run_is_not_retrained(phantom_nih_64, local_env):
     assert not steps and any("2 of 2 epochs done" in m for m in logs)
 
 
+def test_a_run_never_resumes_on_a_changed_dataset(phantom_nih_64, local_env, tmp_path):
+    """A run cancelled at epoch 3, its dataset preprocessed again with another --seed (other
+    patients in test), resumed on the new split: its test score then counted patients it had
+    trained on. The checkpoint records the dataset's index.csv digest; a resume compares."""
+    import shutil
+
+    from cxrjobs.errors import CxrError
+
+    data = tmp_path / "ds"
+    shutil.copytree(phantom_nih_64, data)
+    spec = TrainSpec(data=str(data), epochs=2, batch_size=64, bootstrap=0)
+    t = Trainer(spec, Run(local_env, "moved"), SOLO, log=lambda m: None)
+    t.begin()
+    t.train_epoch()  # one of two epochs, then "cancelled"
+    index = (data / "index.csv").read_text().splitlines()
+    header, rows = index[0], index[1:]
+    split = header.split(",").index("split")
+    swapped = [",".join(f if i != split else {"train": "test", "test": "train"}.get(f, f)
+                        for i, f in enumerate(r.split(","))) for r in rows]
+    (data / "index.csv").write_text("\n".join([header, *swapped]) + "\n")
+    with pytest.raises(CxrError, match=r"run moved trained its first 1 epoch\(s\) on another version of dataset"):
+        Trainer(spec, Run(local_env, "moved"), SOLO, log=lambda m: None).begin()
+    (data / "index.csv").write_text("\n".join(index) + "\n")  # the dataset it started on: resumes
+    logs = []
+    Trainer(spec, Run(local_env, "moved"), SOLO, log=logs.append).begin()
+    assert any("1 of 2 epochs done" in m for m in logs)
+
+
 def test_image_size_mismatch_is_a_clear_error(phantom_nih_64, local_env):
     from cxrjobs.errors import CxrError
     with pytest.raises(CxrError, match="preprocessed at 64"):

@@ -10,6 +10,7 @@ alone writes checkpoints, metrics and artifacts.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -28,6 +29,7 @@ from cxrjobs.data.transforms import MEAN, STD, prepare
 from cxrjobs.errors import CxrError
 from cxrjobs.models import build_model, load_state_checked
 from cxrjobs.storage import ObjectStore, join_key
+from cxrjobs.storage.base import sha256_file
 from cxrjobs.train import checkpoint
 from cxrjobs.train.distributed import DistContext
 from cxrjobs.train.precision import Precision, resolve_channels_last
@@ -190,6 +192,14 @@ class Trainer:
         ckpt = checkpoint.load(self.run.store, self.run.key("checkpoints/latest.pt"))
         if ckpt is None:
             return
+        saved = ckpt.get("dataset_index_sha256")
+        if saved is not None and saved != self.dataset_digest:
+            raise CxrError(
+                f"run {self.run.run_id} trained its first {int(ckpt['epoch'])} epoch(s) on another version of "
+                f"dataset {self.spec.data}: its index.csv (images, patients, splits) changed since, by a "
+                "preprocessing with other options or another folder of that name. Resuming would mix its "
+                "splits (patients it trained on could land in test). Start a new run (another --name), or "
+                "restore the dataset it started on")
         load_state_checked(self.model, ckpt["model"], self.run.key("checkpoints/latest.pt"))
         self.start_epoch = int(ckpt["epoch"])
         self._restore_optimizer(ckpt)
@@ -238,13 +248,20 @@ class Trainer:
                  "history": json.dumps(self.history), "best_val_loss": self.best_val,
                  "grad_scaler": self.amp.state_dict(),
                  "spec": self.recorded_spec.model_dump_json(), "monitor": self.spec.monitor,
-                 "best_monitor": self.best_monitor, **self.input_recipe()}
+                 "best_monitor": self.best_monitor, "dataset_index_sha256": self.dataset_digest,
+                 **self.input_recipe()}
         store = self.run.store
         checkpoint.save(store, self.run.key("checkpoints/latest.pt"), state)
         if improved:
             checkpoint.save(store, self.run.key("checkpoints/best.pt"), state)
         # Rewritten whole from the checkpointed history, so a lost epoch never leaves a line.
         store.put_text(self.run.key("metrics.jsonl"), "".join(json.dumps(h) + "\n" for h in self.history))
+
+    @functools.cached_property
+    def dataset_digest(self) -> str:
+        """sha256 of the dataset's index.csv (every image's id, patient, labels and split): a
+        resumed run checks that it goes on with the dataset it started on."""
+        return sha256_file(self.data["train"].root / "index.csv")
 
     def input_recipe(self) -> dict:
         """What a checkpoint needs to say so that predict can rebuild the model and its input."""

@@ -1,9 +1,18 @@
 """Processes as Linux's /proc shows them (no psutil): read by the local backend, the Tune
-driver, the benchmarks and the tests. Light: standard library only."""
+driver, the benchmarks and the tests; and the worker pools' signal set-up. Light: standard
+library only."""
 
 from __future__ import annotations
 
 import os
+import signal
+
+
+def ignore_sigint() -> None:
+    """A worker pool's initializer: Ctrl-C reaches the whole process group, and a worker that
+    dies of it prints a traceback and can leave Pool.terminate() waiting for ever. The parent
+    alone handles it (and terminates the pool)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def stat_fields(pid: int) -> list[str] | None:

@@ -395,6 +395,28 @@ def test_synth_into_a_folder_that_is_not_empty_is_refused(tmp_path, monkeypatch,
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing written
     (tmp_path / "empty").mkdir()
     ok("data", "synth", "covid", "--out", tmp_path / "empty", "--count", 10, "--size", 16)
+    assert not list((tmp_path / "empty").glob(".cxrjobs-*"))  # the in-progress marker is gone
+
+
+def test_synth_interrupted_then_rerun_starts_again(tmp_path, monkeypatch):
+    """Ctrl-C during `data synth`, then the same command: refused ("the folder is not empty"),
+    so the user had to delete the half-written folder by hand."""
+    import cxrjobs.data.synth as synth
+
+    out = tmp_path / "raw"
+
+    def interrupted(jobs, workers):
+        (jobs[0][0] / jobs[0][1]).parent.mkdir(parents=True, exist_ok=True)
+        synth._render(jobs[0])  # one image written, then Ctrl-C
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(synth, "_run", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            synth.synth_covid(out, 20, size=32)
+    assert (out / ".cxrjobs-synth-incomplete").is_file() and not (out / "metadata.csv").exists()
+    ok("data", "synth", "covid", "--out", out, "--count", 20, "--size", 32)
+    assert (out / "metadata.csv").is_file() and not (out / ".cxrjobs-synth-incomplete").exists()
 
 
 def test_inspect_takes_a_dataset_as_jobs_name_it(local_env, tmp_path, monkeypatch, capsys):

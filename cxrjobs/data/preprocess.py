@@ -35,6 +35,7 @@ from cxrjobs.data.files import open_files, printable
 from cxrjobs.data.source import Source
 from cxrjobs.data.splits import assign_splits, check_patient_disjoint
 from cxrjobs.errors import DataError
+from cxrjobs.procfs import ignore_sigint
 from cxrjobs.specs.preprocess import PreprocessSpec
 from cxrjobs.storage import ObjectStore, join_key
 
@@ -293,7 +294,7 @@ def run_slice(spec: PreprocessSpec, store: ObjectStore, prefix: str, workers: in
     # store) waiting in memory for a decoder.
     window = _Window(max(64, 16 * workers))
     tasks = ((item, spec.size, spec.fit) for item in window.feed(items))
-    pool = mp.get_context("fork").Pool(workers) if workers > 1 else None
+    pool = mp.get_context("fork").Pool(workers, initializer=ignore_sigint) if workers > 1 else None
     results = pool.imap(_work, tasks, chunksize=4) if pool else map(_work, tasks)
     # Each shard's images go straight into an array (a list of images and np.stack would copy
     # every image twice, into a new 64 MiB each time). One writer thread writes (or uploads) shard

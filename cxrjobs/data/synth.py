@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import shutil
 import multiprocessing as mp
 import struct
 import time
@@ -32,6 +33,7 @@ import pandas as pd
 from PIL import Image
 
 from cxrjobs.errors import DataError
+from cxrjobs.procfs import ignore_sigint
 
 FINDINGS = (
     "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
@@ -320,7 +322,7 @@ def _run(jobs: list, workers: int) -> None:
         for job in jobs:
             _render(job)
         return
-    with mp.get_context().Pool(workers) as pool:
+    with mp.get_context().Pool(workers, initializer=ignore_sigint) as pool:
         for _ in pool.imap_unordered(_render, jobs, chunksize=8):
             pass
 
@@ -412,6 +414,9 @@ def _nih_from_csv(path: Path, count: int, rng) -> pd.DataFrame:
 
 
 MIN_SIZE, MAX_SIZE = 16, 8192
+# In the folder while a generation runs (its CSV is written last): a rerun after an interruption
+# starts again instead of refusing a folder that is not empty.
+INCOMPLETE = ".cxrjobs-synth-incomplete"
 
 
 def check_synth_args(out: Path, count: int, size: int, workers: int) -> None:
@@ -428,6 +433,8 @@ def check_synth_args(out: Path, count: int, size: int, workers: int) -> None:
             if not p.is_dir():
                 raise DataError(f"--out {out}: {p} is a file, not a folder; choose a folder to create")
             break
+    if (out / INCOMPLETE).is_file():  # this command's own interrupted run: start it again
+        shutil.rmtree(out)
     if out.is_dir() and any(out.iterdir()):
         # The new CSV would list only the new images among the old ones: preprocessing then
         # rejected most files, or mixed two sets of other sizes and seeds.
@@ -458,8 +465,10 @@ def synth_nih(out: Path, count: int, size: int = 1024, seed: int = 0, from_csv: 
             spec[kinds[i]].append(rel)
         jobs.append((out, rel, row[1].split("|"), row[6], kinds[i], size, seed, i))
     out.mkdir(parents=True, exist_ok=True)
+    (out / INCOMPLETE).write_text("a phantom set is being written here; a rerun of the command starts it again\n")
     _run(jobs, workers)
     table.to_csv(out / NIH_CSV, index=False)
+    (out / INCOMPLETE).unlink()
     return SynthSummary(out, "nih", n, int(table["Patient ID"].nunique()), spec, time.perf_counter() - t0)
 
 
@@ -513,8 +522,10 @@ def synth_covid(out: Path, count: int, size: int = 1024, seed: int = 0, special:
         view = "CT" if r.modality == "CT" else r.view
         jobs.append((out, rel, pattern, view, kinds[i] or "crop", size, seed, i))
     out.mkdir(parents=True, exist_ok=True)
+    (out / INCOMPLETE).write_text("a phantom set is being written here; a rerun of the command starts it again\n")
     _run(jobs, workers)
     table.to_csv(out / "metadata.csv", index=False)
+    (out / INCOMPLETE).unlink()
     return SynthSummary(out, "covid", n, int(table["patientid"].nunique()), spec, time.perf_counter() - t0)
 
 

@@ -270,7 +270,13 @@ def run_pipeline(cfg: PaperConfig, say: Callable[[str], None] = print,
     for i, stage in enumerate(stages, 1):
         say(f"[{i}/{len(stages)}] {stage.title} (run {stage.job.name})")
         t = time.perf_counter()
-        how = run_stage(stage, cfg.backend, store, say, lambda line: stream(f"    {line}"))
+        try:
+            how = run_stage(stage, cfg.backend, store, say, lambda line: stream(f"    {line}"))
+        except KeyboardInterrupt:  # the stage is a detached run: it does not stop with us
+            say(f"stopped following the pipeline; stage run {stage.job.name} may go on in the background "
+                f"(`cxrjobs status {stage.job.name}`; `cxrjobs cancel {stage.job.name}` stops it). Rerun the "
+                "same pipeline command to go on from there")
+            raise
         secs = time.perf_counter() - t
         say(f"[{i}/{len(stages)}] {stage.key}: {'already done, skipped' if how == 'skipped' else how + f' in {secs:.0f}s'}")
         entry = {"stage": stage.key, "run": stage.job.name, "kind": stage.job.kind, "status": how,

@@ -111,3 +111,23 @@ def test_a_zero_count_is_refused_not_taken_as_the_default(flag):
 
     res = CliRunner().invoke(app, ["pipeline", "paper", flag, "0"])
     assert res.exit_code == 2 and flag in res.output and "greater than or equal to" in res.output, res.output
+
+
+def test_ctrl_c_says_which_stage_run_goes_on(local_env, tmp_path, monkeypatch):
+    """Ctrl-C on `pipeline paper` exited 130 without a word while the stage's detached run kept
+    training in the background."""
+    import cxrjobs.pipeline as pipeline
+
+    for d in ("nih", "covid", "test2"):
+        (tmp_path / d).mkdir()
+
+    def interrupted(stage, *a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "run_stage", interrupted)
+    said = []
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(tiny(tmp_path, nih=str(tmp_path / "nih"), covid=str(tmp_path / "covid"),
+                          test2=str(tmp_path / "test2")), say=said.append, stream=lambda m: None)
+    assert "stage run tiny-nih-data may go on in the background" in said[-1]
+    assert "`cxrjobs cancel tiny-nih-data` stops it" in said[-1] and "Rerun the same pipeline command" in said[-1]

@@ -81,3 +81,21 @@ def test_kubernetes_options_on_the_local_backend_are_refused(local_env):
     assert "--cpu, --gpus: Kubernetes options" in str(res.exception) and "--backend kubernetes" in str(res.exception)
     ok = CliRunner().invoke(app, ["submit", "train", "--data", "d", "--namespace", "ml", "--dry-run"])
     assert ok.exit_code == 0, ok.output  # --namespace (also CXRJOBS_NAMESPACE) names where runs are looked up
+
+
+def test_the_local_backend_refuses_more_replicas_than_one_machine_takes(local_env):
+    """`--replicas 1024` was accepted (and shown by --dry-run) on a 2-core machine: 24 replicas
+    already took 7 GB."""
+    import os
+
+    from cxrjobs.backends.local import LocalBackend
+
+    most = LocalBackend.most_replicas()
+    assert most == max(16, 4 * len(os.sched_getaffinity(0)))
+    res = CliRunner().invoke(app, ["submit", "train", "--data", "d", "--replicas", str(most + 1), "--dry-run"])
+    assert isinstance(res.exception, ConfigError), res.output
+    assert f"--replicas {most + 1}: the local backend runs each replica as a process" in str(res.exception)
+    assert f"at most {most}" in str(res.exception) and "--backend kubernetes" in str(res.exception)
+    ok = CliRunner().invoke(app, ["submit", "train", "--data", "d", "--replicas", "1024", "--backend", "kubernetes",
+                                  "--dry-run"])
+    assert ok.exit_code == 0, ok.output

@@ -129,7 +129,18 @@ class LocalBackend(Backend):
         # A RayJob kind runs one driver process here; Ray (started by it) runs the workers.
         return 1 if get_kind(job.kind).workload == "ray-job" else job.replicas
 
+    @staticmethod
+    def most_replicas() -> int:
+        """Replicas one machine takes: more than a few per core only thrash (each training
+        replica holds its model, data loader and gloo buffers: 300 MB and up)."""
+        return max(16, 4 * len(os.sched_getaffinity(0)))
+
     def submit_dryrun(self, job: JobSpec) -> SubmitPlan:
+        most = self.most_replicas()
+        if self.process_count(job) > most:
+            raise ConfigError(f"--replicas {job.replicas}: the local backend runs each replica as a process on "
+                              f"this machine ({len(os.sched_getaffinity(0))} cores), at most {most}; use fewer, "
+                              "or --backend kubernetes to spread them over a cluster")
         # All replicas share this host: LOCAL_* as torchrun sets them, so GPUs are assigned per rank.
         # Gloo's peer sockets on the loopback interface too: nothing of a local run listens on
         # the network (the rendezvous store binds MASTER_ADDR=127.0.0.1 itself).

@@ -273,6 +273,18 @@ def test_runs_says_when_there_are_none(local_env):
     assert res.returncode == 0 and json.loads(res.stdout) == []
 
 
+def test_a_run_whose_supervisor_is_gone_says_how_to_go_on(local_env):
+    """'Failed - supervisor process 20750 is gone ()': empty parentheses, and no way forward."""
+    root = load_settings().local_state
+    (root / "gone").mkdir(parents=True)
+    (root / "gone" / "state.json").write_text(json.dumps({"run": "gone", "state": "Running", "kind": "train",
+                                                          "replicas": 1}))
+    (root / "gone" / "supervisor.pid").write_text("999999999 1")
+    res = cli("status", "gone")
+    assert "gone: Failed" in res.stdout and "supervisor process 999999999 is gone; resubmit the same command " \
+        "to resume from the last checkpoint" in res.stdout and "()" not in res.stdout, res.stdout
+
+
 def test_status_says_which_epoch_the_test_score_belongs_to(local_env):
     """'epoch 4, val_loss 0.8136, auroc 1.000 [...]; test auroc 0.245' read as a bug: the test
     score is best.pt's, from epoch 1, beside the last epoch's validation metrics."""

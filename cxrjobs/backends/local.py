@@ -204,7 +204,9 @@ class LocalBackend(Backend):
             s = self._read_state(run)
             state, message = s["state"], s.get("message", "")
             if state not in TERMINAL:
-                state, message = "Failed", f"supervisor process {sup[0]} is gone ({message})"
+                was = f" (its last word: {message})" if message else ""
+                state, message = "Failed", (f"supervisor process {sup[0]} is gone{was}; resubmit the same "
+                                            "command to resume from the last checkpoint")
         return JobStatus(run=run, state=local_state(state), backend=self.name, kind=s.get("kind", ""),
                          replicas=s.get("replicas", 0), restarts=s.get("restarts", 0),
                          message=message, started=s.get("submitted"), finished=s.get("finished"),

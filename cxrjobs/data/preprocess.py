@@ -124,7 +124,8 @@ def _differences(old: dict, spec: PreprocessSpec) -> list[str]:
 def _mixed(where: str, diff: list[str]) -> DataError:
     return DataError(f"{where} already holds a preprocessing output made with different options ("
                      + "; ".join(diff) + "). Resuming into it would mix the two: choose a new --out "
-                     "(job: `output`), or pass --overwrite (job: `overwrite: true`) to replace it")
+                     "(submit preprocess: --output; a spec file: `output`), or pass --overwrite (a spec file: "
+                     "`overwrite: true`) to replace it")
 
 
 def _output_exists(store: ObjectStore, prefix: str) -> bool:
@@ -172,7 +173,7 @@ def _claim_output(spec: PreprocessSpec, src: Source, rec: pd.DataFrame, store: O
             if foreign:
                 raise DataError(f"{where} holds files that no preprocessing run wrote ({', '.join(foreign)}"
                                 f"{' ...' if len(foreign) == 3 else ''}): the output would be mixed into them. "
-                                "Choose a new or empty --out (job: `output`)")
+                                "Choose a new or empty --out (submit preprocess: --output; a spec file: `output`)")
             # Claimed exclusively: of two runs starting together (other options, one output),
             # the one that finds the other's plan compares and refuses before it writes a shard.
             if store.create(key, json.dumps(new, indent=1, sort_keys=True).encode("utf-8")):

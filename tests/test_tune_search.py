@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import re
+import subprocess
+import sys
 import time
 
 import pytest
@@ -357,6 +359,13 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(phantom_co
     while ray_procs & descendants(1) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not ray_procs & descendants(1), "Ray processes left after cancel"
+    # It said every trial "terminated" and the search "finished" after a cancel.
+    st = json.loads(ray_env.get_text(status_key))
+    assert not st["finished"] and 1 <= st["trials"].get("terminated", 0) < 3, st
+    assert st["trials"].get("stopped before its last epoch", 0) + st["trials"].get("pending", 0) >= 1, st
+    line = subprocess.run([sys.executable, "-m", "cxrjobs.cli", "status", "resume"], capture_output=True,
+                          text=True, env=os.environ).stdout
+    assert "resume: Cancelled" in line and "; trials when it stopped: 3 (" in line, line
     before = _rows(ray_env, "resume")
     # Finished: its last epoch's checkpoint was registered before the cancel. A last epoch reported
     # but not yet checkpointed is the cut trial's: it resumes from the epoch before.

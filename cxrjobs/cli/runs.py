@@ -84,7 +84,9 @@ def register(app: typer.Typer) -> None:
             tn = st["tune"]
             counts = ", ".join(f"{v} {k}" for k, v in tn["trials"].items() if k != "total")
             best = tn.get("best")
-            line += f"; trials: {tn['trials']['total']} ({counts or 'none started'})"
+            # Written by the search as it runs: a search that stopped without ending holds its last counts.
+            when = " when it stopped" if st["state"] in ("Failed", "Cancelled") and not tn.get("finished") else ""
+            line += f"; trials{when}: {tn['trials']['total']} ({counts or 'none started'})"
             if best:
                 line += f"; best so far {tn['metric']} {best['value']:.4f} (val split, trial {best['trial']}, epoch {best['epoch']})"
         if st.get("result", {}).get("best", {}) and "tune" in st:

@@ -234,7 +234,7 @@ class StatusCallback(tune.Callback):
     def __init__(self, tune_id: str, spec: TuneSpec, log: Callable[[str], None] = print):
         self.status = _StoreFile(tune_id, STATUS_FILE)
         self.results = _StoreFile(tune_id, RESULTS_FILE)
-        self.metric, self.mode, self.total = spec.metric, spec.mode, spec.trials
+        self.metric, self.mode, self.total, self.epochs = spec.metric, spec.mode, spec.trials, spec.epochs_per_trial
         self.log = log
         self.best: dict | None = None
         self.rows: list[dict] | None = None
@@ -255,10 +255,16 @@ class StatusCallback(tune.Callback):
     def _write(self, trials, final: bool = False) -> None:
         counts: dict[str, int] = {}
         for t in trials:
-            counts[t.status.lower()] = counts.get(t.status.lower(), 0) + 1
+            status = t.status.lower()
+            # Tune marks every trial TERMINATED when the search is stopped (a cancel, a signal):
+            # one that did not reach its last epoch was stopped, not finished.
+            if status == "terminated" and ((t.last_result or {}).get("epoch") or 0) < self.epochs:
+                status = "stopped before its last epoch"
+            counts[status] = counts.get(status, 0) + 1
         doc = {"trials": {"total": self.total, **counts}, "metric": self.metric, "mode": self.mode,
                "best": self.best, "epochs_reported": len(self.rows or []),
-               "elapsed_s": time.time() - self.started, "updated": time.time(), "finished": final}
+               "elapsed_s": time.time() - self.started, "updated": time.time(),
+               "finished": final and not counts.get("stopped before its last epoch")}
         self.status.store.put_text(self.status.key, json.dumps(doc, indent=1, default=str))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):

@@ -172,7 +172,10 @@ def test_asynchronous_pbt_clones_without_new_processes_or_older_checkpoints(phan
     for the donor to report that epoch instead of training it again)."""
     from cxrjobs.tune.job import run_tune
 
-    job = _job("apbt", phantom_covid_32, trials=2, algo="pbt", epochs_per_trial=5, perturbation_interval=1,
+    # 10 epochs: one trial's process can start a few seconds after the other's, and with 5 the
+    # first could finish every epoch before the second reported one (no exploit: 2 runs in 6).
+    epochs = 10
+    job = _job("apbt", phantom_covid_32, trials=2, algo="pbt", epochs_per_trial=epochs, perturbation_interval=1,
                quantile_fraction=0.5, cpus=2, seed=3)
     ray_env.put_text(join_key("runs", "apbt", "spec.json"), job.model_dump_json())
     summary = run_tune(job, ray_env)
@@ -184,7 +187,7 @@ def test_asynchronous_pbt_clones_without_new_processes_or_older_checkpoints(phan
     for trial in {r["trial"] for r in rows}:
         mine = [r for r in rows if r["trial"] == trial]
         assert len({r["pid"] for r in mine}) == 1, [(r["epoch"], r["pid"]) for r in mine]
-        assert mine[-1]["epoch"] == 5
+        assert mine[-1]["epoch"] == epochs
     assert {t["status"] for t in json.loads(ray_env.get_text("runs/apbt/trials.json"))} == {"TERMINATED"}
 
 

@@ -151,12 +151,18 @@ class RecordingPBT(PopulationBasedTraining):
             del self.waiting[tid]
             state = self._trial_state[donor]
             ckpt = state.last_checkpoint if usable else None
-            if isinstance(ckpt, _FutureTrainingResult):
+            # Only a checkpoint saved at this report is the donor's fresh one: PBT saves one for a
+            # top trial. A donor that fell to the bottom saved none; its last checkpoint is of an
+            # earlier epoch than the waiting trial's, which must not go back to it.
+            fresh = isinstance(ckpt, _FutureTrainingResult)
+            if fresh:
                 done = ckpt.resolve()
                 state.last_checkpoint = ckpt = done.checkpoint if done else None
                 if done:
                     state.last_result = done.metrics
-            if ckpt is not None and trial.status == Trial.PAUSED:
+            wanted = (self._trial_state[trial].last_result or {}).get("epoch", 0)
+            if (fresh and ckpt is not None and trial.status == Trial.PAUSED
+                    and (state.last_result or {}).get("epoch", 0) >= wanted):
                 self._synch, synch = True, self._synch  # Ray's _exploit takes a paused trial only in synch mode
                 try:
                     self._exploit(tune_controller, trial, donor)

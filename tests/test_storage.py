@@ -386,21 +386,16 @@ def test_cli_reads_of_a_missing_bucket_name_it_and_make_nothing(s3_env, s3_serve
     from cxrjobs.cli import main
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["cxrjobs", "data", "inspect", "store://datasets/covid-32"])
-    with pytest.raises(SystemExit) as e:
-        main()
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and "Traceback" not in err, err
-    assert f"error: nothing under 'datasets/covid-32' in store {s3_env.url}: bucket '{s3_env.bucket}' " \
-           f"does not exist at {s3_server}" in err, err
-    # `collect` said only "no run 'r1' in store s3://...".
-    monkeypatch.setattr(sys, "argv", ["cxrjobs", "collect", "r1", "-o", str(tmp_path / "out")])
-    with pytest.raises(SystemExit) as e:
-        main()
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and "Traceback" not in err, err
-    assert f"no run 'r1': nothing under 'runs/r1/' in store {s3_env.url}: bucket '{s3_env.bucket}' " \
-           f"does not exist at {s3_server}" in err, err
+    missing = f"in store {s3_env.url}: bucket '{s3_env.bucket}' does not exist at {s3_server}"
+    for argv, said in (
+            (["data", "inspect", "store://datasets/covid-32"], f"error: nothing under 'datasets/covid-32' {missing}"),
+            # `collect` said only "no run 'r1' in store s3://...".
+            (["collect", "r1", "-o", str(tmp_path / "out")], f"no run 'r1': nothing under 'runs/r1/' {missing}")):
+        monkeypatch.setattr(sys, "argv", ["cxrjobs", *argv])
+        with pytest.raises(SystemExit) as e:
+            main()
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "Traceback" not in err and said in err, err
     client = Minio(s3_server, access_key="a", secret_key="b", secure=False, region="us-east-1")
     assert not client.bucket_exists(s3_env.bucket)
 

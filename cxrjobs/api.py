@@ -37,7 +37,7 @@ def submit(job: JobSpec, backend: str = "local", dry_run: bool = False,
             if old.kind != job.kind:
                 raise CxrError(f"run {job.name} exists as a {old.kind} run ({store.url}/{key}); this is a "
                                f"{job.kind} job: pick another --name")
-            diffs = _spec_diff(old.model_dump(mode="json"), job.model_dump(mode="json"))
+            diffs = spec_diff(old.model_dump(mode="json"), job.model_dump(mode="json"))
             if diffs and all(k in RETRY_SETTINGS for k, _, _ in diffs):
                 store.put_text(key, text)  # e.g. a run failed on its backoff limit, resumed with a higher one
             elif diffs:
@@ -53,11 +53,11 @@ def submit(job: JobSpec, backend: str = "local", dry_run: bool = False,
 RETRY_SETTINGS = ("backoff_limit", "rendezvous_timeout")
 
 
-def _spec_diff(old, new, path: str = "") -> list[tuple[str, object, object]]:
+def spec_diff(old, new, path: str = "") -> list[tuple[str, object, object]]:
     """(dotted field, old value, new value) for each field that differs between two specs."""
     if isinstance(old, dict) and isinstance(new, dict):
         return [d for k in sorted(set(old) | set(new), key=str)
-                for d in _spec_diff(old.get(k), new.get(k), f"{path}.{k}" if path else str(k))]
+                for d in spec_diff(old.get(k), new.get(k), f"{path}.{k}" if path else str(k))]
     return [] if old == new else [(path, old, new)]
 
 

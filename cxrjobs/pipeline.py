@@ -222,8 +222,13 @@ def report_title(cfg: PaperConfig) -> str:
 
 def _check_same_spec(store: ObjectStore, job: JobSpec) -> None:
     key = join_key("runs", job.name, "spec.json")
-    if store.exists(key) and JobSpec.model_validate_json(store.get_text(key)) != job:
-        raise CxrError(f"stage run {job.name} exists with other options ({store.url}/{key}); "
+    if not store.exists(key):
+        return
+    old = JobSpec.model_validate_json(store.get_text(key))
+    diffs = api.spec_diff(old.model_dump(mode="json"), job.model_dump(mode="json"))
+    if diffs:
+        said = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, a, b in diffs[:6])
+        raise CxrError(f"stage run {job.name} exists with other options ({store.url}/{key}; {said}); "
                        "rerun with the same options to resume, or pick another --name")
 
 
@@ -263,6 +268,8 @@ def run_pipeline(cfg: PaperConfig, say: Callable[[str], None] = print,
     cfg.check_inputs(store)
     data_cfg = phantom_data(cfg, say) if cfg.phantom else cfg
     stages = paper_stages(data_cfg)
+    for stage in stages:  # every stage before the first runs: a changed option found at stage 6 came after hours
+        _check_same_spec(store, stage.job)
     result = PipelineResult(cfg.name, phantom=cfg.phantom, sizes={
         "image_size": cfg.size, "nih_epochs": cfg.nih_epochs, "covid_epochs": cfg.epochs,
         "replicas": cfg.replicas, "phantom_nih_images": cfg.phantom_nih if cfg.nih is None else None,

@@ -53,8 +53,12 @@ def test_rerun_skips_finished_stages_and_resumes_an_interrupted_one(local_env, t
     assert summary["stages"][0]["status"] == "skipped"
 
     # Other options under the same pipeline name: an error, never mixed outputs.
-    with pytest.raises(CxrError, match="exists with other options"):
-        run_pipeline(tiny(tmp_path, nih_epochs=3), say=lambda m: None, stream=lambda m: None)
+    # ... refused before any stage runs, naming the option (it was found when its stage came).
+    said.clear()
+    with pytest.raises(CxrError, match=r"stage run tiny-nih-smallcnn exists with other options .*"
+                                       r"train\.epochs: 2 then, 3 now"):
+        run_pipeline(tiny(tmp_path, nih_epochs=3), say=said.append, stream=lambda m: None)
+    assert not any(m.startswith("[1/") for m in said), said
 
 
 def test_stage_names_are_deterministic_and_real_data_has_no_phantom_test2(tmp_path):

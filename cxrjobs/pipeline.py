@@ -234,7 +234,8 @@ def _check_same_spec(store: ObjectStore, job: JobSpec) -> None:
 
 def run_stage(stage: Stage, backend: str, store: ObjectStore, say: Callable[[str], None],
               stream: Callable[[str], None]) -> str:
-    """Run one stage to its end; returns "skipped" | "resumed" | "ran"."""
+    """Run one stage to its end; returns "skipped" | "followed" (already running: another
+    pipeline's or an earlier one's, not restarted) | "resumed" | "ran"."""
     job = stage.job
     _check_same_spec(store, job)
     if store.exists(stage.output):
@@ -246,7 +247,7 @@ def run_stage(stage: Stage, backend: str, store: ObjectStore, say: Callable[[str
         st = None
     if st is not None and not st.done:
         say(f"  {job.name} is already {st.state}: following it")
-        how = "resumed"
+        how = "followed"
     else:
         how = "resumed" if st is not None else "ran"
         api.submit(job, backend, store=store)

@@ -135,3 +135,28 @@ def test_ctrl_c_says_which_stage_run_goes_on(local_env, tmp_path, monkeypatch):
                           test2=str(tmp_path / "test2")), say=said.append, stream=lambda m: None)
     assert "stage run tiny-nih-data may go on in the background" in said[-1]
     assert "`cxrjobs cancel tiny-nih-data` stops it" in said[-1] and "Rerun the same pipeline command" in said[-1]
+
+
+def test_a_stage_already_running_is_followed_not_resumed(local_env, tmp_path, monkeypatch):
+    """A pipeline started while another ran its stages called them "resumed"; it followed them."""
+    import cxrjobs.pipeline as pipeline
+    from cxrjobs.backends.base import JobStatus
+    from cxrjobs.backends.states import RunState
+
+    stage = paper_stages(tiny(tmp_path, nih="/data/nih", covid="/data/covid"))[0]
+
+    class Running:  # a backend on which the stage's run is already under way
+        def status(self, run):
+            return JobStatus(run, RunState.RUNNING, "local")
+
+        def logs(self, run, replica=0, follow=False):
+            return iter(["epoch 1/1"])
+
+        def wait(self, run):
+            local_env.put_text(stage.output, "{}")
+            return JobStatus(run, RunState.SUCCEEDED, "local")
+
+    monkeypatch.setattr(pipeline, "get_backend", lambda name: Running())
+    said = []
+    assert pipeline.run_stage(stage, "local", local_env, said.append, lambda m: None) == "followed"
+    assert said == [f"  {stage.job.name} is already Running: following it"]

@@ -91,6 +91,19 @@ def test_a_run_never_resumes_on_a_changed_dataset(phantom_nih_64, local_env, tmp
     assert any("1 of 2 epochs done" in m for m in logs)
 
 
+def test_a_batch_larger_than_the_training_split_is_noted(phantom_nih_64, local_env):
+    """--batch-size 100000 on a few hundred images was logged as 'global batch 100000' alone."""
+    logs = []
+    spec = TrainSpec(data=str(phantom_nih_64), epochs=1, batch_size=100000, micro_batch_size=64, bootstrap=0)
+    t = Trainer(spec, Run(local_env, "huge"), SOLO, log=logs.append).begin()
+    n = len(t.data["train"])
+    assert any(f"is larger than the {n} training images: each epoch is one step" in m for m in logs), logs
+    logs.clear()
+    Trainer(TrainSpec(data=str(phantom_nih_64), epochs=1, batch_size=8, bootstrap=0), Run(local_env, "small"), SOLO,
+            log=logs.append).begin()
+    assert not any("is larger than" in m for m in logs)
+
+
 def test_image_size_mismatch_is_a_clear_error(phantom_nih_64, local_env):
     from cxrjobs.errors import CxrError
     with pytest.raises(CxrError, match="preprocessed at 64"):

@@ -306,6 +306,9 @@ class Trainer:
                      f"({self.per_rank}/replica, micro-batch {self.micro}), device {ctx.device}, "
                      f"precision {self.amp.name}{', channels-last' if self.channels_last else ''}"
                      f"{', compiled' if spec.compile else ''}")
+            if self.per_rank * ctx.world_size > len(train):
+                self.log(f"note: the global batch {self.per_rank * ctx.world_size} is larger than the "
+                         f"{len(train)} training images: each epoch is one step over all of them")
         return self
 
     def train_epoch(self) -> dict:

@@ -41,8 +41,7 @@ def submit(job: JobSpec, backend: str = "local", dry_run: bool = False,
             if diffs and all(k in RETRY_SETTINGS for k, _, _ in diffs):
                 store.put_text(key, text)  # e.g. a run failed on its backoff limit, resumed with a higher one
             elif diffs:
-                diff = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, a, b in diffs[:6])
-                raise CxrError(f"run {job.name} exists with a different spec ({store.url}/{key}; {diff}); "
+                raise CxrError(f"run {job.name} exists with a different spec ({store.url}/{key}; {describe_diffs(diffs)}); "
                                "pick another --name, or resubmit the same spec to resume it")
         else:
             store.put_text(key, text)
@@ -59,6 +58,11 @@ def spec_diff(old, new, path: str = "") -> list[tuple[str, object, object]]:
         return [d for k in sorted(set(old) | set(new), key=str)
                 for d in spec_diff(old.get(k), new.get(k), f"{path}.{k}" if path else str(k))]
     return [] if old == new else [(path, old, new)]
+
+
+def describe_diffs(diffs: list[tuple[str, object, object]], most: int = 6) -> str:
+    """'train.epochs: 3 then, 4 now, ...': the differences an error names."""
+    return ", ".join(f"{k}: {a!r} then, {b!r} now" for k, a, b in diffs[:most])
 
 
 def run_metrics(run: str, store: ObjectStore | None = None) -> list[dict]:

@@ -227,8 +227,7 @@ def _check_same_spec(store: ObjectStore, job: JobSpec) -> None:
     old = JobSpec.model_validate_json(store.get_text(key))
     diffs = api.spec_diff(old.model_dump(mode="json"), job.model_dump(mode="json"))
     if diffs:
-        said = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, a, b in diffs[:6])
-        raise CxrError(f"stage run {job.name} exists with other options ({store.url}/{key}; {said}); "
+        raise CxrError(f"stage run {job.name} exists with other options ({store.url}/{key}; {api.describe_diffs(diffs)}); "
                        "rerun with the same options to resume, or pick another --name")
 
 

@@ -21,6 +21,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from cxrjobs.errors import ConfigError, CxrError
 from cxrjobs.headline import MIN_CLASS_PATIENTS, MIN_PATIENTS
 from cxrjobs.storage import ObjectStore, join_key
+from cxrjobs.storage.runs import epochs_if_unfinished
 
 TEMPLATES = Path(__file__).parent / "templates"
 WIDE_CI = 0.2   # a CI wider than this gets a visible warning: the test set is too small to tell
@@ -135,18 +136,19 @@ def collect(store: ObjectStore, run: str) -> dict:
     return {"run": run, "spec": spec, "method": _method(spec or {}, run), "evals": evals, "search": search,
             "epochs": len(history),
             # Scored with --allow-unfinished (or not scored yet): its numbers are of best.pt so far.
-            "unfinished": _unfinished(store, prefix, spec, len(history)),
+            "unfinished": _unfinished(store, run, spec),
             # A search has no epochs of its own: its trials' curves are in the search's plots.
             "loss_png": (_data_uri(plots.loss_curves(history, f"{run}: loss per epoch"))
                          if history or search is None else None),
             "spec_text": json.dumps(spec, indent=1) if spec else "(no spec.json)"}
 
 
-def _unfinished(store: ObjectStore, prefix: str, spec: dict | None, epochs: int) -> str | None:
-    """Why a training run's numbers are not its final model's: it has no artifacts/result.json,
-    which training writes last (scored with --allow-unfinished, or not scored yet)."""
+def _unfinished(store: ObjectStore, run: str, spec: dict | None) -> str | None:
+    """Why a training run's numbers are not its final model's (scored with --allow-unfinished,
+    or not scored yet). A search's progress is its own section."""
     train = (spec or {}).get("train")
-    if spec is None or spec.get("kind") == "tune" or not train or store.exists(join_key(prefix, "artifacts", "result.json")):
+    epochs = epochs_if_unfinished(store, run) if train else None
+    if epochs is None:
         return None
     return (f"training has not finished ({epochs} of {train.get('epochs', '?')} epochs recorded): "
             "its scores are of its best.pt so far, not of a finished run")

@@ -58,17 +58,22 @@ def unfinished_note(store: ObjectStore, run: str) -> str | None:
                                        f"finish first (`cxrjobs status {run}`)")
 
 
-def training_note(store: ObjectStore, run: str) -> str | None:
-    """Why a run's best.pt is not its final model yet: the run has a record but no
-    artifacts/result.json, which training writes last (after the test split and the OOD detector).
-    None for a finished run, or a name with no run record (the caller's own message applies)."""
+def epochs_if_unfinished(store: ObjectStore, run: str) -> int | None:
+    """The epochs a run has recorded when it has a record but no artifacts/result.json, which
+    training writes last (after the test split and the OOD detector): its best.pt is not its
+    final model yet. None for a finished run, or a name with no run record."""
     if (store.exists(join_key("runs", run, "artifacts", "result.json"))
             or not store.exists(join_key("runs", run, "spec.json"))):
         return None
-    try:
-        done = sum(1 for line in store.get_text(join_key("runs", run, "metrics.jsonl")).splitlines() if line.strip())
-    except Exception:
-        done = 0
+    return len(store.get_jsonl(join_key("runs", run, "metrics.jsonl")))
+
+
+def training_note(store: ObjectStore, run: str) -> str | None:
+    """Why a run's best.pt is not its final model yet (see epochs_if_unfinished); None for a
+    finished run, or a name with no run record (the caller's own message applies)."""
+    done = epochs_if_unfinished(store, run)
+    if done is None:
+        return None
     # Light: no backend is asked whether the run still runs, so both cases are named.
     return (f"run {run} has not finished training ({done} epoch(s) recorded so far; `cxrjobs status {run}` "
             "says whether it still runs): its best.pt is not its final model. Wait for a running run; "

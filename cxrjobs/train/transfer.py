@@ -17,9 +17,8 @@ from torch import nn
 
 from cxrjobs.errors import CxrError
 from cxrjobs.models import HEADS, freeze_prefixes, is_head, load_state_checked, under
-from cxrjobs.storage import ObjectStore, join_key
+from cxrjobs.storage import ObjectStore
 from cxrjobs.storage.runs import locate_weights
-
 
 
 def load_ref(ref: str, store: ObjectStore) -> tuple[dict, str]:
